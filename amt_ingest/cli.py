@@ -1,0 +1,167 @@
+"""The command line: ``python -m amt_ingest [COMMAND]`` (``run`` when none is given)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from . import __version__
+from .config import ConfigError, Settings, load_settings
+from .errors import IngestError
+from .telemetry import configure_logging
+
+__all__ = ["main"]
+
+DESCRIPTION = """\
+Mirrors Passport's Salesforce admissions records (Opportunity, External_Attachment__c,
+Application_Item__c) into a database, from the Passport WebSocket and the SNS/SQS safety net.
+Configuration comes from AMT_* and AWS_* environment variables (see README.md)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .simulator import add_arguments as add_simulator_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m amt_ingest", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"amt_ingest {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the service: WebSocket listener, SQS pollers, router and a worker (default)",
+        description="Run the service until SIGTERM or Ctrl-C.",
+    )
+    run.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="do not run the embedded worker (run `worker` processes instead)",
+    )
+
+    sub.add_parser(
+        "worker",
+        help="run an arq worker only (applies queued record jobs)",
+        description="Run a worker that applies record jobs until SIGTERM or Ctrl-C.",
+    )
+
+    sim = sub.add_parser(
+        "simulate",
+        help="run the Passport simulator (WebSocket stream, SNS publishing, re-read API)",
+        description="Run the Passport simulator until SIGTERM or Ctrl-C.",
+    )
+    add_simulator_arguments(sim)
+
+    boot = sub.add_parser(
+        "bootstrap",
+        help="create the SNS topics, monitoring queue, DLQ and subscriptions (idempotent)",
+        description="Create (or find) the SNS topics, SQS queue, dead-letter queue, redrive "
+        "policy and subscriptions on the configured AWS endpoint.",
+    )
+    boot.add_argument("--queue-name", default="amt-ingest-monitor", help="monitoring queue name")
+    boot.add_argument(
+        "--max-receive-count",
+        type=int,
+        default=5,
+        help="receives before SQS moves a message to the DLQ (default 5)",
+    )
+    boot.add_argument(
+        "--raw-delivery",
+        action="store_true",
+        help="subscribe with raw message delivery instead of SNS envelopes",
+    )
+    boot.add_argument(
+        "--format",
+        choices=("json", "env"),
+        default="json",
+        help="json (default) or env: an AMT_SQS_QUEUE_URLS=... line",
+    )
+
+    export = sub.add_parser(
+        "export",
+        help="print every stored record as JSON lines, sorted by topic and id",
+        description="Print the store as JSON lines: "
+        '{"topic", "id", "org_id", "deleted", "fields"}, sorted by topic then id.',
+    )
+    export.add_argument("--output", "-o", help="write to this file instead of standard output")
+    return parser
+
+
+async def _bootstrap(settings: Settings, args: argparse.Namespace) -> int:
+    from .aws import bootstrap
+
+    result = await bootstrap(
+        settings,
+        queue_name=args.queue_name,
+        max_receive_count=args.max_receive_count,
+        raw_delivery=args.raw_delivery,
+    )
+    if args.format == "env":
+        print(f"AMT_SQS_QUEUE_URLS={result.queue_url}")
+    else:
+        print(
+            orjson.dumps(
+                {
+                    "topics": result.topic_arns,
+                    "queue_url": result.queue_url,
+                    "dlq_url": result.dlq_url,
+                },
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
+    return 0
+
+
+async def _export(settings: Settings, args: argparse.Namespace) -> int:
+    from .store import Store
+
+    store = Store.open(settings.database_url)
+    out: Any = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115, ASYNC230
+    try:
+        await store.ensure_schema()
+        async for record in store.export():
+            out.write(orjson.dumps(record) + b"\n")
+    finally:
+        if args.output:
+            out.close()
+        else:
+            out.flush()
+        await store.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "run"
+    try:
+        if command == "simulate":
+            from .simulator import options_from_args, run_simulator
+
+            configure_logging("info")
+            asyncio.run(run_simulator(options_from_args(args)))
+            return 0
+        settings = load_settings()
+        configure_logging(settings.log_level, settings.log_format)
+        if command == "run":
+            from .service import run_service
+
+            return asyncio.run(run_service(settings, worker=not getattr(args, "no_worker", False)))
+        if command == "worker":
+            from .service import run_service
+
+            return asyncio.run(run_service(settings, sources=False))
+        if command == "bootstrap":
+            return asyncio.run(_bootstrap(settings, args))
+        if command == "export":
+            return asyncio.run(_export(settings, args))
+    except ConfigError as exc:
+        print(f"amt_ingest: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except IngestError as exc:
+        print(f"amt_ingest: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {command}")

@@ -1,0 +1,39 @@
+-- A job finished applying what it read from a record: drop the pending entries
+-- it applied (unless a newer change replaced them meanwhile), then release the
+-- record, or hand it to a fresh job if changes arrived while it ran.
+--
+-- KEYS[1]    record key
+-- ARGV[1]    the finishing job's id (must still own the record)
+-- ARGV[2]    the change counter the job read
+-- ARGV[3]    arq queue name
+-- ARGV[4]    arq job key ttl (ms)
+-- ARGV[5]    arq function name
+-- ARGV[6]    topic
+-- ARGV[7]    record id
+-- ARGV[8..]  pairs: pending hash key, the exact value the job applied
+--
+-- Returns {status, next_job_id}: status "released", "handed_over" or "not_owner".
+
+local rec = KEYS[1]
+if redis.call('HGET', rec, 'job') ~= ARGV[1] then
+  return {'not_owner', ''}
+end
+for i = 8, #ARGV, 2 do
+  if redis.call('HGET', rec, ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', rec, ARGV[i])
+  end
+end
+if redis.call('HGET', rec, 'ver') == ARGV[2] then
+  redis.call('DEL', rec)
+  return {'released', ''}
+end
+local t = redis.call('TIME')
+local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+local job_id = 'r:' .. redis.call('INCR', 'amt:jobseq')
+redis.call('HSET', rec, 'job', job_id)
+redis.call('HDEL', rec, 'fail')
+redis.call('PSETEX', 'arq:job:' .. job_id, ARGV[4],
+  '{"t":null,"f":' .. cjson.encode(ARGV[5]) .. ',"a":' .. cjson.encode({ARGV[6], ARGV[7]}) ..
+  ',"k":{},"et":' .. now .. '}')
+redis.call('ZADD', ARGV[3], now, job_id)
+return {'handed_over', job_id}

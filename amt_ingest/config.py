@@ -1,0 +1,184 @@
+"""Configuration from the environment, validated once at start.
+
+The variable names are a contract with outside tools (README's table lists
+them all). Build :class:`Settings` in the entry point and pass it down;
+nothing else reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["ConfigError", "Settings", "load_settings"]
+
+
+class ConfigError(Exception):
+    """The environment holds an invalid or missing value; the message names the variable."""
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; environment names are ``AMT_`` + the field name in capitals,
+    except the standard AWS variables."""
+
+    model_config = SettingsConfigDict(env_prefix="AMT_", extra="ignore", frozen=True)
+
+    # Passport WebSocket
+    passport_ws_url: str = "ws://127.0.0.1:8765/stream"
+    passport_token: SecretStr | None = None
+    passport_token_file: Path | None = None
+    passport_initial_replay: Literal["earliest", "latest"] = "earliest"
+    ws_credits: int = Field(500, ge=1, le=100_000)
+    ws_heartbeat_timeout: float = Field(30.0, gt=0)
+    ws_max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    ws_backoff_initial: float = Field(0.5, gt=0)
+    ws_backoff_max: float = Field(30.0, gt=0)
+    salesforce_base_url: str = "http://127.0.0.1:8766"
+
+    # SQS
+    sqs_queue_urls: CsvList = Field(default_factory=list)
+    sqs_wait_seconds: int = Field(20, ge=0, le=20)
+    sqs_visibility_timeout: int = Field(60, ge=5, le=43_200)
+    sqs_max_body_bytes: int = Field(256 * 1024, ge=1024)
+
+    # AWS (standard names, no prefix)
+    aws_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL", "AMT_AWS_ENDPOINT_URL")
+    )
+    aws_region: str = Field(
+        "us-east-1", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+    aws_access_key_id: SecretStr | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
+
+    # Coordination, jobs and store
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "sqlite+aiosqlite:///./amt_ingest.db"
+    allowed_org_ids: CsvList = Field(default_factory=list)
+    dedup_ttl_seconds: int = Field(4 * 24 * 3600, ge=60)
+    worker_max_jobs: int = Field(50, ge=1, le=1000)
+    worker_poll_delay: float = Field(0.05, gt=0)
+    job_timeout: float = Field(120.0, gt=0)
+    job_max_tries: int = Field(16, ge=1, le=100)
+    shutdown_grace: float = Field(20.0, ge=0)
+    dead_letter_file: Path = Path("./amt_ingest-dead-letters.jsonl")
+
+    # Operations
+    http_port: int = Field(8080, ge=0, le=65535)
+    http_host: str = "127.0.0.1"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    _split = field_validator("sqs_queue_urls", "allowed_org_ids", mode="before")(_split_csv)
+
+    @field_validator("allowed_org_ids")
+    @classmethod
+    def _org_ids(cls, value: list[str]) -> list[str]:
+        for org in value:
+            if not (org.startswith("00D") and len(org) in (15, 18) and org.isalnum()):
+                raise ValueError(f"{org!r} is not a 15 or 18 character org id starting 00D")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("passport_ws_url")
+    @classmethod
+    def _ws(cls, value: str) -> str:
+        if not value.startswith(("ws://", "wss://")):
+            raise ValueError("must be a ws:// or wss:// URL")
+        return value
+
+    @field_validator("sqs_queue_urls")
+    @classmethod
+    def _queues(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an SQS queue URL")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff(self) -> Settings:
+        if self.ws_backoff_max < self.ws_backoff_initial:
+            raise ValueError("AMT_WS_BACKOFF_MAX must not be below AMT_WS_BACKOFF_INITIAL")
+        return self
+
+    # -- derived ------------------------------------------------------------
+
+    def read_token(self) -> str:
+        """The current Passport token: the file is re-read on every call (rotating secrets)."""
+        if self.passport_token_file is not None:
+            try:
+                token = self.passport_token_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"AMT_PASSPORT_TOKEN_FILE: cannot read {self.passport_token_file}: {exc}"
+                ) from exc
+            if not token:
+                raise ConfigError(f"AMT_PASSPORT_TOKEN_FILE: {self.passport_token_file} is empty")
+            return token
+        if self.passport_token is not None:
+            return self.passport_token.get_secret_value()
+        raise ConfigError("AMT_PASSPORT_TOKEN: not set (nor AMT_PASSPORT_TOKEN_FILE)")
+
+    def require_token(self) -> None:
+        """Fail at start, not at the first connection, when no token can be had."""
+        self.read_token()
+
+
+_ENV_NAMES = {
+    "aws_endpoint_url": "AWS_ENDPOINT_URL",
+    "aws_region": "AWS_REGION",
+    "aws_access_key_id": "AWS_ACCESS_KEY_ID",
+    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
+}
+
+
+def env_name(field_name: str) -> str:
+    return _ENV_NAMES.get(field_name, "AMT_" + field_name.upper())
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment; :class:`ConfigError` names the bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            loc = err["loc"][0] if err["loc"] else ""
+            name = env_name(str(loc)) if loc else "configuration"
+            if loc in ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION"):
+                name = str(loc)
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{name}: {msg}")
+        raise ConfigError("; ".join(lines)) from exc

@@ -1,0 +1,462 @@
+"""The Passport event and its wire formats, as plain functions (no I/O).
+
+Everything that arrives from outside passes through here first:
+
+- :func:`parse_event` validates one event object (PROTOCOL.md section 1);
+- :func:`parse_ws_frame` reads one WebSocket text frame (section 2);
+- :func:`parse_sqs_message` reads one SQS message body, SNS envelope or raw
+  delivery (section 3).
+
+Each returns a result, never raises on bad input: a valid :class:`Event` or a
+:class:`Rejected` carrying a short machine-readable ``reason`` and a readable
+``detail``. The reasons are a closed set (:data:`REASONS`), used as metric
+labels and as the ``reason`` attribute of dead letters.
+
+:func:`record_changes` turns an event into what it does to each record it
+names: field values at the event's position, and the tombstone flag.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "DELETED_FIELD",
+    "REASONS",
+    "TOPICS",
+    "ChangeType",
+    "ErrorFrame",
+    "Event",
+    "EventsFrame",
+    "Frame",
+    "Header",
+    "HeartbeatFrame",
+    "RecordChange",
+    "Rejected",
+    "SubscribedFrame",
+    "parse_event",
+    "parse_sqs_message",
+    "parse_ws_frame",
+    "position_key",
+    "record_changes",
+]
+
+TOPICS: Final = ("Opportunity", "External_Attachment__c", "Application_Item__c")
+Topic = Literal["Opportunity", "External_Attachment__c", "Application_Item__c"]
+
+#: Every rejection reason the parsers can give.
+REASONS: Final = frozenset(
+    {
+        "invalid_json",  # not JSON, or not UTF-8
+        "not_an_object",  # JSON, but not an object where one is required
+        "invalid_event",  # an event object whose fields fail validation
+        "unknown_topic",  # a topic that is not one of TOPICS
+        "entity_mismatch",  # header.entityName differs from topic
+        "missing_record_ids",  # a change other than GAP_OVERFLOW without recordIds
+        "invalid_envelope",  # an SNS notification envelope that is truncated or wrong
+        "attribute_mismatch",  # message attributes contradict the event
+        "unknown_frame_type",  # a WebSocket frame with an unknown or missing type
+        "invalid_frame",  # a known WebSocket frame type with a wrong shape
+        "oversized",  # bigger than the configured limit
+    }
+)
+
+#: Name of the pseudo-field that carries a record's tombstone flag.
+DELETED_FIELD: Final = "__deleted__"
+
+_ORG_ID = re.compile(r"^00D[A-Za-z0-9]{12}(?:[A-Za-z0-9]{3})?$")
+
+
+class ChangeType(StrEnum):
+    CREATE = "CREATE"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+    UNDELETE = "UNDELETE"
+    GAP_CREATE = "GAP_CREATE"
+    GAP_UPDATE = "GAP_UPDATE"
+    GAP_DELETE = "GAP_DELETE"
+    GAP_UNDELETE = "GAP_UNDELETE"
+    GAP_OVERFLOW = "GAP_OVERFLOW"
+
+    @property
+    def is_gap(self) -> bool:
+        return self.value.startswith("GAP_")
+
+
+class Header(BaseModel):
+    """The CDC ``ChangeEventHeader``; unknown header keys are kept."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    entityName: str
+    recordIds: list[str]
+    changeType: ChangeType
+    changeOrigin: str = ""
+    transactionKey: str
+    sequenceNumber: int = Field(ge=0)
+    commitTimestamp: int = Field(ge=0)
+    commitNumber: int = Field(ge=0)
+    commitUser: str = ""
+    changedFields: list[str] = Field(default_factory=list)
+    nulledFields: list[str] = Field(default_factory=list)
+    diffFields: list[str] = Field(default_factory=list)
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    ChangeEventHeader: Header
+
+
+class _WireEvent(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    event_id: str
+    org_id: str
+    topic: str
+    replay_id: str | None = None
+    payload: _Payload
+
+    @field_validator("event_id")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        try:
+            return str(uuid.UUID(value))
+        except ValueError as exc:
+            raise ValueError("must be a UUID") from exc
+
+    @field_validator("org_id")
+    @classmethod
+    def _org(cls, value: str) -> str:
+        if not _ORG_ID.match(value):
+            raise ValueError("must be a 15 or 18 character Salesforce org id starting 00D")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A validated Passport event.
+
+    ``fields`` is the CDC payload without its header, exactly as it came in.
+    ``raw`` is the event object as received, for dead letters and replays.
+    """
+
+    event_id: str
+    org_id: str
+    topic: Topic
+    replay_id: str | None
+    header: Header
+    fields: dict[str, Any]
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def position(self) -> str:
+        return position_key(
+            self.header.commitTimestamp, self.header.commitNumber, self.header.sequenceNumber
+        )
+
+    @property
+    def change_type(self) -> ChangeType:
+        return self.header.changeType
+
+    @property
+    def record_ids(self) -> list[str]:
+        return self.header.recordIds
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Why an input was refused. ``raw`` is the offending input, for the dead-letter place."""
+
+    reason: str
+    detail: str
+    raw: str = field(default="", repr=False)
+    replay_id: str | None = None
+    event_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.reason not in REASONS:
+            raise ValueError(f"unknown rejection reason {self.reason!r}")
+
+
+def position_key(commit_timestamp: int, commit_number: int, sequence_number: int) -> str:
+    """The position triple as a fixed-width string: string order equals triple order.
+
+    Used unchanged in Redis (Lua compares strings) and in the store.
+    """
+    return f"{commit_timestamp:015d}{commit_number:020d}{sequence_number:010d}"
+
+
+POSITION_WIDTH: Final = 45
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "event"
+    return f"{loc}: {err['msg']}"
+
+
+def _to_text(raw: str | bytes) -> str:
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", errors="replace")
+    return raw
+
+
+def parse_event(obj: Any, *, raw: str = "") -> Event | Rejected:
+    """Validate one decoded event object (PROTOCOL.md section 1)."""
+    replay_id = obj.get("replay_id") if isinstance(obj, dict) else None
+    replay_id = replay_id if isinstance(replay_id, str) else None
+    event_id = obj.get("event_id") if isinstance(obj, dict) else None
+    event_id = event_id if isinstance(event_id, str) else None
+
+    def reject(reason: str, detail: str) -> Rejected:
+        text = raw or _dumps_or_repr(obj)
+        return Rejected(reason, detail, text, replay_id=replay_id, event_id=event_id)
+
+    if not isinstance(obj, dict):
+        return reject("not_an_object", f"an event must be a JSON object, got {_kind(obj)}")
+    topic = obj.get("topic")
+    if isinstance(topic, str) and topic not in TOPICS:
+        return reject("unknown_topic", f"unknown record type {topic!r}")
+    try:
+        wire = _WireEvent.model_validate(obj)
+    except ValidationError as exc:
+        return reject("invalid_event", _first_error(exc))
+    if wire.topic not in TOPICS:  # not a str above
+        return reject("unknown_topic", f"unknown record type {wire.topic!r}")
+    header = wire.payload.ChangeEventHeader
+    if header.entityName != wire.topic:
+        return reject(
+            "entity_mismatch",
+            f"header entityName {header.entityName!r} differs from topic {wire.topic!r}",
+        )
+    if header.changeType is not ChangeType.GAP_OVERFLOW and not header.recordIds:
+        return reject("missing_record_ids", f"{header.changeType} event lists no recordIds")
+    if any(not isinstance(r, str) or not r for r in header.recordIds):
+        return reject("invalid_event", "payload.ChangeEventHeader.recordIds: empty record id")
+    fields = dict(wire.payload.model_extra or {})
+    return Event(
+        event_id=wire.event_id,
+        org_id=wire.org_id,
+        topic=wire.topic,  # type: ignore[arg-type]  # checked against TOPICS above
+        replay_id=wire.replay_id,
+        header=header,
+        fields=fields,
+        raw=obj,
+    )
+
+
+def _kind(obj: Any) -> str:
+    return {dict: "object", list: "array", str: "string", type(None): "null"}.get(
+        type(obj), type(obj).__name__
+    )
+
+
+def _dumps_or_repr(obj: Any) -> str:
+    try:
+        return orjson.dumps(obj).decode()
+    except TypeError:
+        return repr(obj)
+
+
+def _loads(raw: str | bytes) -> tuple[Any, Rejected | None]:
+    try:
+        return orjson.loads(raw), None
+    except orjson.JSONDecodeError as exc:
+        return None, Rejected("invalid_json", f"not valid JSON: {exc}", _to_text(raw))
+
+
+# --- WebSocket frames (PROTOCOL.md section 2) ---------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribedFrame:
+    topics: list[str]
+    latest_replay_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventsFrame:
+    """An ``events`` frame: each item parsed on its own, in stream order."""
+
+    items: list[Event | Rejected]
+    latest_replay_id: str | None
+    pending_credits: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatFrame:
+    latest_replay_id: str | None
+    server_time: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFrame:
+    code: str
+    message: str
+
+
+Frame = SubscribedFrame | EventsFrame | HeartbeatFrame | ErrorFrame
+
+
+def _opt_str(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    return value if isinstance(value, str) else None
+
+
+def parse_ws_frame(raw: str | bytes, *, max_bytes: int | None = None) -> Frame | Rejected:
+    """Read one server frame. A frame that cannot be read is a :class:`Rejected`;
+    a readable ``events`` frame carries its bad events as :class:`Rejected` items."""
+    if max_bytes is not None and len(raw) > max_bytes:
+        return Rejected("oversized", f"frame of {len(raw)} bytes exceeds {max_bytes}", "")
+    obj, err = _loads(raw)
+    if err is not None:
+        return err
+    if not isinstance(obj, dict):
+        return Rejected(
+            "not_an_object", f"a frame must be a JSON object, got {_kind(obj)}", _to_text(raw)
+        )
+    kind = obj.get("type")
+    if kind == "events":
+        events = obj.get("events")
+        if not isinstance(events, list):
+            return Rejected("invalid_frame", "events frame without an events list", _to_text(raw))
+        credits = obj.get("pending_credits")
+        return EventsFrame(
+            items=[parse_event(e) for e in events],
+            latest_replay_id=_opt_str(obj, "latest_replay_id"),
+            pending_credits=credits if isinstance(credits, int) else None,
+        )
+    if kind == "heartbeat":
+        return HeartbeatFrame(_opt_str(obj, "latest_replay_id"), _opt_str(obj, "server_time"))
+    if kind == "subscribed":
+        topics = obj.get("topics")
+        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+            return Rejected(
+                "invalid_frame", "subscribed frame without a topics list", _to_text(raw)
+            )
+        return SubscribedFrame(topics, _opt_str(obj, "latest_replay_id"))
+    if kind == "error":
+        code = obj.get("code")
+        if not isinstance(code, str):
+            return Rejected("invalid_frame", "error frame without a code", _to_text(raw))
+        return ErrorFrame(code, _opt_str(obj, "message") or "")
+    return Rejected("unknown_frame_type", f"unknown frame type {kind!r}", _to_text(raw))
+
+
+# --- SQS bodies (PROTOCOL.md section 3) ---------------------------------------
+
+
+def _attribute(attrs: Any, name: str) -> str | None:
+    """A string attribute from SQS (StringValue) or SNS envelope (Value) shapes."""
+    if not isinstance(attrs, dict):
+        return None
+    entry = attrs.get(name)
+    if not isinstance(entry, dict):
+        return None
+    value = entry.get("StringValue", entry.get("Value"))
+    return value if isinstance(value, str) else None
+
+
+def parse_sqs_message(
+    body: str | bytes,
+    message_attributes: dict[str, Any] | None = None,
+    *,
+    max_bytes: int | None = None,
+) -> Event | Rejected:
+    """Read one SQS message body: an SNS notification envelope or a raw event."""
+    if max_bytes is not None and len(body) > max_bytes:
+        return Rejected("oversized", f"body of {len(body)} bytes exceeds {max_bytes}", "")
+    obj, err = _loads(body)
+    if err is not None:
+        return err
+    text = _to_text(body)
+    if not isinstance(obj, dict):
+        return Rejected("not_an_object", f"a body must be a JSON object, got {_kind(obj)}", text)
+    attrs: Any = message_attributes
+    if "Type" in obj and "event_id" not in obj:
+        if obj.get("Type") != "Notification":
+            return Rejected(
+                "invalid_envelope",
+                f"SNS message of type {obj.get('Type')!r}, not Notification",
+                text,
+            )
+        message = obj.get("Message")
+        if not isinstance(message, str):
+            return Rejected("invalid_envelope", "SNS envelope without a Message string", text)
+        inner, err = _loads(message)
+        if err is not None:
+            return Rejected("invalid_envelope", f"SNS Message is not JSON: {err.detail}", text)
+        obj, attrs = inner, obj.get("MessageAttributes")
+    result = parse_event(obj, raw=text)
+    if isinstance(result, Rejected):
+        return result
+    for name, expected in (("event_type", result.topic), ("org_id", result.org_id)):
+        value = _attribute(attrs, name)
+        if value is not None and value != expected:
+            return Rejected(
+                "attribute_mismatch",
+                f"message attribute {name}={value!r} but the event says {expected!r}",
+                text,
+                event_id=result.event_id,
+            )
+    return result
+
+
+# --- What an event does to each record -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecordChange:
+    """The effect of one event on one record.
+
+    ``values`` maps field name to new value (``None`` for a nulled field);
+    ``deleted`` is the tombstone flag the event sets, or ``None`` if it does
+    not touch it. ``reread`` marks a gap event whose content must be fetched.
+    """
+
+    topic: Topic
+    record_id: str
+    org_id: str
+    position: str
+    values: dict[str, Any]
+    deleted: bool | None
+    reread: bool
+
+
+def record_changes(event: Event) -> list[RecordChange]:
+    """Apply the CDC rules of PROTOCOL.md section 1 to each record of the event."""
+    kind = event.change_type
+    values: dict[str, Any]
+    deleted: bool | None
+    if kind in (ChangeType.CREATE, ChangeType.UNDELETE):
+        values, deleted = dict(event.fields), False
+    elif kind is ChangeType.UPDATE:
+        values = dict(event.fields)
+        for name in event.header.nulledFields:
+            values.setdefault(name, None)
+        deleted = None
+    elif kind is ChangeType.DELETE:
+        values, deleted = {}, True
+    else:  # GAP_*: content unknown, re-read needed
+        values, deleted = {}, None
+    position = event.position
+    return [
+        RecordChange(
+            topic=event.topic,
+            record_id=record_id,
+            org_id=event.org_id,
+            position=position,
+            values=values,
+            deleted=deleted,
+            reread=kind.is_gap,
+        )
+        for record_id in dict.fromkeys(event.record_ids)
+    ]

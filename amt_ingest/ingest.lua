@@ -1,0 +1,83 @@
+-- Ingest one event atomically: dedup, merge into each record's pending changes,
+-- and hand the record to a fresh arq job when no job owns it.
+--
+-- KEYS[1]      dedup key of the event (amt:evt:<event_id>)
+-- KEYS[2..]    record keys (amt:rec:<topic>:<record_id>), one per record id
+-- ARGV[1]      path that delivered it ("ws" or "sqs")
+-- ARGV[2]      dedup ttl (seconds)
+-- ARGV[3]      trace context of this arrival ("" if none)
+-- ARGV[4]      position key (fixed width, string order = time order)
+-- ARGV[5]      org id
+-- ARGV[6]      topic
+-- ARGV[7]      arq queue name
+-- ARGV[8]      arq job key ttl (ms)
+-- ARGV[9]      arq function name
+-- ARGV[10]     number of pending entries n
+-- ARGV[11..]   n pairs: pending field name, JSON value
+-- ARGV[11+2n..] the record ids, in KEYS order
+--
+-- Counts the outcome in amt:stats as <outcome>:<path>:<topic>.
+-- Returns {outcome, first_path, first_ms, first_ctx, jobs_created}
+-- outcome: "first", "duplicate" or "stale" (nothing newer than what is pending).
+-- An event without records (GAP_OVERFLOW) is only deduplicated.
+
+local evt = KEYS[1]
+local path = ARGV[1]
+local t = redis.call('TIME')
+local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+
+local first = redis.call('HMGET', evt, 'p', 't', 'c')
+if first[1] then
+  redis.call('HSETNX', evt, 'seen:' .. path, now)
+  redis.call('HINCRBY', 'amt:stats', 'duplicate:' .. path .. ':' .. ARGV[6], 1)
+  return {'duplicate', first[1], first[2], first[3] or '', 0}
+end
+redis.call('HSET', evt, 'p', path, 't', now, 'c', ARGV[3], 'seen:' .. path, now)
+redis.call('EXPIRE', evt, tonumber(ARGV[2]))
+
+local pos = ARGV[4]
+local org = ARGV[5]
+local topic = ARGV[6]
+local queue = ARGV[7]
+local job_ttl = ARGV[8]
+local fn = ARGV[9]
+local n = tonumber(ARGV[10])
+local ids_at = 11 + 2 * n
+local width = string.len(pos)
+local merged_any = false
+local jobs = 0
+
+for k = 2, #KEYS do
+  local rec = KEYS[k]
+  local merged = false
+  for i = 0, n - 1 do
+    local hk = 'f:' .. ARGV[11 + 2 * i]
+    local cur = redis.call('HGET', rec, hk)
+    if (not cur) or string.sub(cur, 1, width) < pos then
+      redis.call('HSET', rec, hk, pos .. ARGV[12 + 2 * i])
+      merged = true
+    end
+  end
+  if merged then
+    merged_any = true
+    redis.call('HINCRBY', rec, 'ver', 1)
+    redis.call('HSET', rec, 'org', org)
+    if not redis.call('HGET', rec, 'job') then
+      local job_id = 'r:' .. redis.call('INCR', 'amt:jobseq')
+      local rid = ARGV[ids_at + k - 2]
+      redis.call('HSET', rec, 'job', job_id)
+      redis.call('PSETEX', 'arq:job:' .. job_id, job_ttl,
+        '{"t":null,"f":' .. cjson.encode(fn) .. ',"a":' .. cjson.encode({topic, rid}) ..
+        ',"k":{},"et":' .. now .. '}')
+      redis.call('ZADD', queue, now, job_id)
+      jobs = jobs + 1
+    end
+  end
+end
+
+if merged_any or #KEYS == 1 then
+  redis.call('HINCRBY', 'amt:stats', 'first:' .. path .. ':' .. topic, 1)
+  return {'first', path, now, '', jobs}
+end
+redis.call('HINCRBY', 'amt:stats', 'stale:' .. path .. ':' .. topic, 1)
+return {'stale', path, now, '', 0}

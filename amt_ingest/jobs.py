@@ -1,0 +1,141 @@
+"""arq jobs: one run applies one record's pending changes to the store.
+
+A job is scheduled by the ingest script with a fresh id that the record's
+state names as its owner. The run reads the pending changes, applies them
+(newest wins per field), then the complete script drops what was applied and
+either releases the record or hands it to a fresh job when more changes came
+in meanwhile. So at most one job works on a record at a time, and a burst of
+events for one record costs one more run, not one per event.
+
+A failed run is retried by arq after ``retry**4 + 30 + jitter`` seconds; new
+events keep merging into the pending changes meanwhile. After the last try
+the pending changes go to the dead-letter records with the error.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+import orjson
+import structlog
+from arq import Retry
+from arq.connections import ArqRedis, RedisSettings
+from arq.worker import Function, Worker, func
+
+from .config import Settings
+from .coordination import JOB_FUNCTION, QUEUE_NAME, REREAD_FIELD, Coordinator
+from .errors import CoordinationError, StoreError
+from .policy import job_retry_delay
+from .store import Store
+
+__all__ = ["apply_record", "build_worker", "job_serializer"]
+
+log = structlog.get_logger("amt_ingest.jobs")
+
+COORDINATION_RETRY_S: Final = 5.0
+
+
+def job_serializer(data: dict[str, Any]) -> bytes:
+    return orjson.dumps(data)
+
+
+def job_deserializer(raw: bytes) -> dict[str, Any]:
+    value = orjson.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("an arq job must be a JSON object")
+    return value
+
+
+async def apply_record(ctx: dict[str, Any], topic: str, record_id: str) -> str:
+    """Apply a record's pending changes; returns what happened to the record."""
+    coordinator: Coordinator = ctx["coordinator"]
+    store: Store = ctx["store"]
+    max_tries: int = ctx["max_tries"]
+    job_id: str = ctx["job_id"]
+    job_try: int = ctx.get("job_try", 1)
+    bound = log.bind(topic=topic, record_id=record_id, job_id=job_id, job_try=job_try)
+    started = time.perf_counter()
+    try:
+        record = await coordinator.read_record(topic, record_id, job_id)
+    except CoordinationError as exc:
+        bound.warning("job_redis_error", error=str(exc))
+        raise Retry(defer=COORDINATION_RETRY_S) from exc
+    if record is None:
+        bound.info("job_skipped", reason="not_owner")
+        return "not_owner"
+    changes = dict(record.changes)
+    if changes.pop(REREAD_FIELD, None) is not None:
+        # Gap events need a re-read from Salesforce; counted so they are visible.
+        bound.warning("gap_event_not_reread")
+    try:
+        result = await store.apply(topic, record_id, record.org_id, changes)
+    except StoreError as exc:
+        if job_try >= max_tries:
+            status = await coordinator.dead_letter_record(record, job_id, str(exc))
+            bound.error("job_dead_lettered", error=str(exc), status=status)
+            return "dead_lettered"
+        delay = job_retry_delay(job_try)
+        bound.warning("job_retry", error=str(exc), retry_in_s=round(delay, 1))
+        raise Retry(defer=delay) from exc
+    try:
+        status, next_job = await coordinator.complete(record, job_id)
+    except CoordinationError as exc:
+        bound.warning("job_redis_error", error=str(exc))
+        raise Retry(defer=COORDINATION_RETRY_S) from exc
+    bound.info(
+        "job_done",
+        applied=result.applied,
+        stale=result.stale,
+        status=status,
+        next_job=next_job or None,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+    return status
+
+
+def worker_function(settings: Settings) -> Function:
+    return func(
+        apply_record,
+        name=JOB_FUNCTION,
+        max_tries=settings.job_max_tries + 1,  # our own dead-lettering runs at job_max_tries
+        timeout=settings.job_timeout,
+    )
+
+
+async def create_arq_pool(settings: Settings) -> ArqRedis:
+    from arq.connections import create_pool
+
+    return await create_pool(
+        RedisSettings.from_dsn(settings.redis_url),
+        job_serializer=job_serializer,
+        job_deserializer=job_deserializer,
+        default_queue_name=QUEUE_NAME,
+    )
+
+
+def build_worker(
+    settings: Settings,
+    *,
+    pool: ArqRedis,
+    coordinator: Coordinator,
+    store: Store,
+    handle_signals: bool,
+    burst: bool = False,
+) -> Worker:
+    """An arq worker for the record jobs, sharing the process's Redis pool and store."""
+    return Worker(
+        functions=[worker_function(settings)],
+        queue_name=QUEUE_NAME,
+        redis_pool=pool,
+        burst=burst,
+        handle_signals=handle_signals,
+        job_completion_wait=int(settings.shutdown_grace),
+        max_jobs=settings.worker_max_jobs,
+        poll_delay=settings.worker_poll_delay,
+        keep_result=0,
+        job_serializer=job_serializer,
+        job_deserializer=job_deserializer,
+        ctx={"coordinator": coordinator, "store": store, "max_tries": settings.job_max_tries},
+        log_results=False,
+    )

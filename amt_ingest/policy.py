@@ -1,0 +1,44 @@
+"""Retry and backoff policies as data: plain functions and generators of delays.
+
+Callers take a policy as an argument, so tests pass short delays.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+__all__ = ["backoff", "job_retry_delay", "org_allowed"]
+
+
+def backoff(
+    initial: float = 0.5,
+    maximum: float = 30.0,
+    factor: float = 2.0,
+    *,
+    rng: random.Random | None = None,
+) -> Iterator[float]:
+    """Capped exponential backoff with full jitter: each delay is uniform in [d/2, d]."""
+    rand = rng or random.Random()
+    delay = initial
+    while True:
+        yield delay / 2 + rand.random() * delay / 2
+        delay = min(maximum, delay * factor)
+
+
+def job_retry_delay(retry_count: int, *, rng: random.Random | None = None) -> float:
+    """Seconds before retry number ``retry_count`` (1-based): ``retry_count**4 + 30 + jitter``.
+
+    The jitter spreads up to ``10 * retry_count`` seconds, so records that failed
+    together do not retry together.
+    """
+    if retry_count < 1:
+        raise ValueError("retry_count starts at 1")
+    rand = rng or random.Random()
+    return float(retry_count**4 + 30) + rand.random() * 10 * retry_count
+
+
+def org_allowed(org_id: str, allowed: frozenset[str]) -> bool:
+    """Whether events of ``org_id`` are kept. ``allowed`` holds 15-character ids;
+    an empty set allows every org. 18-character ids match on their first 15."""
+    return not allowed or org_id[:15] in allowed

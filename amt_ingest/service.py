@@ -1,0 +1,204 @@
+"""The process: wires sources, router, worker, store and health together, and stops them in order.
+
+Shutdown (SIGTERM or Ctrl-C): intake stops first (the WebSocket closes without
+advancing its cursor past anything not handed off; SQS stops polling and
+releases what it received but did not hand off), then the embedded worker
+stops picking jobs and lets running ones finish within the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from contextlib import AsyncExitStack
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from . import aws
+from .config import Settings
+from .coordination import Coordinator
+from .deadletter import DeadLetters
+from .errors import AwsError, IngestError
+from .health import HealthServer
+from .jobs import build_worker, create_arq_pool
+from .router import Router
+from .sources.sqs import SqsPoller
+from .sources.websocket import WebSocketListener
+from .store import Store
+
+__all__ = ["run_service"]
+
+log = structlog.get_logger("amt_ingest.service")
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def _connect_redis(settings: Settings) -> aioredis.Redis:
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        settings.redis_url, socket_timeout=10, socket_connect_timeout=5
+    )
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        await client.aclose()
+        raise IngestError(
+            f"AMT_REDIS_URL: Redis at {settings.redis_url} is not reachable: {exc}"
+        ) from exc
+    return client
+
+
+async def run_service(
+    settings: Settings,
+    *,
+    sources: bool = True,
+    worker: bool = True,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop``); returns the exit code."""
+    stop = stop or asyncio.Event()
+    _install_signal_handlers(stop)
+    if sources:
+        settings.require_token()
+    async with AsyncExitStack() as stack:
+        redis = await _connect_redis(settings)
+        stack.push_async_callback(redis.aclose)
+        store = Store.open(settings.database_url)
+        stack.push_async_callback(store.close)
+        await store.ensure_schema()
+        coordinator = Coordinator(redis, dedup_ttl=settings.dedup_ttl_seconds)
+        router = Router(coordinator, allowed_orgs=settings.allowed_org_ids)
+
+        tasks: dict[str, asyncio.Task[Any]] = {}
+        listener: WebSocketListener | None = None
+        pollers: list[SqsPoller] = []
+        if sources:
+            if not settings.allowed_org_ids:
+                log.warning("org_filter_off", hint="set AMT_ALLOWED_ORG_IDS to keep only your orgs")
+            sqs = None
+            dlq_url = None
+            if settings.sqs_queue_urls:
+                sqs = await stack.enter_async_context(aws.client(settings, "sqs"))
+                try:
+                    dlq_url = await aws.dead_letter_queue_url(sqs, settings.sqs_queue_urls[0])
+                except AwsError as exc:
+                    log.warning("dead_letter_queue_unknown", error=str(exc))
+                if dlq_url is None:
+                    log.warning(
+                        "dead_letter_queue_missing", fallback=str(settings.dead_letter_file)
+                    )
+            else:
+                log.warning("sqs_disabled", hint="set AMT_SQS_QUEUE_URLS to run the SQS safety net")
+            dead_letters = DeadLetters(
+                sqs=sqs, dlq_url=dlq_url, fallback_path=settings.dead_letter_file
+            )
+            listener = WebSocketListener(
+                settings, router=router, coordinator=coordinator, dead_letters=dead_letters
+            )
+            tasks["websocket"] = asyncio.create_task(listener.run(stop), name="websocket")
+            for url in settings.sqs_queue_urls:
+                poller = SqsPoller(
+                    settings,
+                    sqs=sqs,
+                    queue_url=url,
+                    router=router,
+                    coordinator=coordinator,
+                    dead_letters=dead_letters,
+                )
+                pollers.append(poller)
+                tasks[f"sqs:{url}"] = asyncio.create_task(poller.run(stop), name=f"sqs:{url}")
+
+        arq_worker = None
+        if worker:
+            pool = await create_arq_pool(settings)
+            stack.push_async_callback(pool.aclose)
+            arq_worker = build_worker(
+                settings, pool=pool, coordinator=coordinator, store=store, handle_signals=False
+            )
+            tasks["worker"] = asyncio.create_task(arq_worker.main(), name="worker")
+
+        async def redis_ok() -> tuple[bool, str]:
+            await redis.ping()
+            return True, "ok"
+
+        async def database_ok() -> tuple[bool, str]:
+            await store.ping()
+            return True, "ok"
+
+        async def sources_ok() -> tuple[bool, str]:
+            if not sources:
+                return True, "no sources in this process"
+            ws_ok = listener is not None and listener.state.connected
+            sqs_ok = any(
+                p.state.consecutive_errors == 0 and p.state.last_poll_ok_at for p in pollers
+            )
+            if ws_ok or sqs_ok:
+                return (
+                    True,
+                    f"websocket={'up' if ws_ok else 'down'} sqs={'up' if sqs_ok else 'down'}",
+                )
+            return False, "websocket disconnected and no SQS poll succeeding"
+
+        health = HealthServer(
+            host=settings.http_host,
+            port=settings.http_port,
+            checks={"redis": redis_ok, "database": database_ok, "sources": sources_ok},
+        )
+        await health.start()
+        stack.push_async_callback(health.stop)
+        log.info(
+            "service_started",
+            sources=sources,
+            worker=worker,
+            queues=len(settings.sqs_queue_urls),
+            http_port=health.bound_port,
+        )
+
+        stopper = asyncio.create_task(stop.wait())
+        waiting: set[asyncio.Task[Any]] = {stopper, *tasks.values()}
+        exit_code = 0
+        while not stop.is_set():
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is stopper or task.cancelled():
+                    continue
+                failure = task.exception()
+                if failure is None:
+                    log.warning("component_ended", component=task.get_name())
+                else:
+                    log.error("component_failed", component=task.get_name(), error=repr(failure))
+                    exit_code = 1
+                    stop.set()
+        stopper.cancel()
+        started = time.monotonic()
+        intake = [t for name, t in tasks.items() if name != "worker"]
+        if intake:
+            _, pending = await asyncio.wait(intake, timeout=settings.shutdown_grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*intake, return_exceptions=True)
+        if arq_worker is not None:
+            arq_worker.allow_pick_jobs = False
+            remaining = max(0.0, settings.shutdown_grace - (time.monotonic() - started))
+            running = [t for t in arq_worker.tasks.values() if not t.done()]
+            if running:
+                await asyncio.wait(running, timeout=remaining)
+            for task in arq_worker.tasks.values():
+                task.cancel()
+            tasks["worker"].cancel()
+            await asyncio.gather(
+                tasks["worker"], *arq_worker.tasks.values(), return_exceptions=True
+            )
+        log.info(
+            "service_stopped", exit_code=exit_code, shutdown_s=round(time.monotonic() - started, 2)
+        )
+        return exit_code

@@ -1,0 +1,1 @@
+"""Where events come from: the Passport WebSocket (primary) and SQS (safety net)."""

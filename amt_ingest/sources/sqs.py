@@ -1,0 +1,198 @@
+"""The SQS poller: long polling on one queue, delete only after durable hand-off.
+
+Each receive takes up to 10 messages (20 s wait). Valid events are routed in
+one batch; malformed messages are moved to the queue's dead-letter queue at
+once with the reason as message attributes (they can never succeed). Only
+then are the handled messages deleted with DeleteMessageBatch, whose ``Failed``
+entries are logged (the message comes back and dedup makes it a no-op). If
+the hand-off fails, nothing is deleted and the messages are made visible again.
+While a batch is in flight its visibility is extended every half timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..config import Settings
+from ..coordination import Coordinator
+from ..deadletter import DeadLetters
+from ..errors import CoordinationError
+from ..events import Event, Rejected, parse_sqs_message
+from ..policy import backoff
+from ..router import Router
+
+__all__ = ["PollerState", "SqsPoller"]
+
+log = structlog.get_logger("amt_ingest.sources.sqs")
+
+
+@dataclass
+class PollerState:
+    last_poll_ok_at: float | None = None
+    consecutive_errors: int = 0
+    received: int = 0
+    deleted: int = 0
+    dead_lettered: int = 0
+
+
+class SqsPoller:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sqs: Any,
+        queue_url: str,
+        router: Router,
+        coordinator: Coordinator,
+        dead_letters: DeadLetters,
+        delays: Callable[[], Iterator[float]] | None = None,
+    ):
+        self.settings = settings
+        self.sqs = sqs
+        self.queue_url = queue_url
+        self.router = router
+        self.coordinator = coordinator
+        self.dead_letters = dead_letters
+        self.delays = delays or (lambda: backoff(0.5, 20.0))
+        self.state = PollerState()
+        self.log = log.bind(queue_url=queue_url)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set; the receive in flight is awaited, its messages released."""
+        delays = self.delays()
+        while not stop.is_set():
+            try:
+                messages = await self._receive()
+            except (ClientError, BotoCoreError, OSError) as exc:
+                self.state.consecutive_errors += 1
+                delay = next(delays)
+                self.log.warning("sqs_receive_failed", error=str(exc), retry_in_s=round(delay, 2))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                continue
+            delays = self.delays()
+            self.state.consecutive_errors = 0
+            self.state.last_poll_ok_at = time.monotonic()
+            if not messages:
+                continue
+            self.state.received += len(messages)
+            if stop.is_set():
+                await self._release(messages, "shutting down")
+                return
+            await self._handle(messages)
+
+    async def _receive(self) -> list[dict[str, Any]]:
+        reply = await self.sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=self.settings.sqs_wait_seconds,
+            VisibilityTimeout=self.settings.sqs_visibility_timeout,
+            MessageSystemAttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        return list(reply.get("Messages", []))
+
+    async def _handle(self, messages: list[dict[str, Any]]) -> None:
+        extender = asyncio.create_task(self._extend_visibility(messages))
+        try:
+            events: list[Event] = []
+            event_messages: list[dict[str, Any]] = []
+            rejected_messages: list[dict[str, Any]] = []
+            rejects: Counter[str] = Counter()
+            for message in messages:
+                result = parse_sqs_message(
+                    message.get("Body", ""),
+                    message.get("MessageAttributes"),
+                    max_bytes=self.settings.sqs_max_body_bytes,
+                )
+                if isinstance(result, Rejected):
+                    self.log.warning(
+                        "sqs_message_rejected",
+                        reason=result.reason,
+                        detail=result.detail,
+                        message_id=message.get("MessageId"),
+                        event_id=result.event_id,
+                    )
+                    await self.dead_letters.put(
+                        result, path="sqs", source=self.queue_url, body=message.get("Body", "")
+                    )
+                    rejects[f"rejected:sqs:{result.reason}"] += 1
+                    rejected_messages.append(message)
+                else:
+                    events.append(result)
+                    event_messages.append(message)
+            self.state.dead_lettered += len(rejected_messages)
+            try:
+                await self.coordinator.count(rejects)
+                if events:
+                    await self.router.route(events, path="sqs")
+            except CoordinationError as exc:
+                self.log.warning("sqs_handoff_failed", error=str(exc))
+                await self._delete(rejected_messages)  # already in the dead-letter queue
+                await self._release(event_messages, "hand-off failed")
+                return
+        finally:
+            extender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await extender
+        await self._delete(messages)
+
+    async def _delete(self, messages: list[dict[str, Any]]) -> None:
+        if not messages:
+            return
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+        ]
+        try:
+            reply = await self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
+        except (ClientError, BotoCoreError, OSError) as exc:
+            # The messages come back after the visibility timeout; dedup makes them no-ops.
+            self.log.warning("sqs_delete_failed", error=str(exc), count=len(entries))
+            return
+        failed = reply.get("Failed", [])
+        self.state.deleted += len(entries) - len(failed)
+        for failure in failed:
+            self.log.warning(
+                "sqs_delete_entry_failed",
+                code=failure.get("Code"),
+                message=failure.get("Message"),
+                sender_fault=failure.get("SenderFault"),
+            )
+
+    async def _release(self, messages: list[dict[str, Any]], reason: str) -> None:
+        """Make messages visible again at once (ChangeMessageVisibility 0)."""
+        if not messages:
+            return
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+            for i, m in enumerate(messages)
+        ]
+        try:
+            await self.sqs.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
+            self.log.info("sqs_released", count=len(entries), reason=reason)
+        except (ClientError, BotoCoreError, OSError) as exc:
+            self.log.warning("sqs_release_failed", error=str(exc), count=len(entries))
+
+    async def _extend_visibility(self, messages: list[dict[str, Any]]) -> None:
+        timeout = self.settings.sqs_visibility_timeout
+        while True:
+            await asyncio.sleep(timeout / 2)
+            entries = [
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": timeout}
+                for i, m in enumerate(messages)
+            ]
+            try:
+                await self.sqs.change_message_visibility_batch(
+                    QueueUrl=self.queue_url, Entries=entries
+                )
+            except (ClientError, BotoCoreError, OSError) as exc:
+                self.log.warning("sqs_extend_visibility_failed", error=str(exc))

@@ -1,0 +1,317 @@
+"""The Passport WebSocket listener (Passport Stream Protocol v1, PROTOCOL.md section 2).
+
+One connection at a time. The reader task only reads frames, parses them and
+queues ``events`` frames; the hand-off task routes each frame's events, dead-
+letters its bad ones, then saves the cursor (the last replay id of the frame)
+and grants as many credits as the frame used. So the cursor never passes an
+event that is not in Redis, and Passport never has more events in flight than
+the credits granted: when Redis or the router slow down, credits stop and so
+does the stream.
+
+Reconnects use capped exponential backoff with jitter; the backoff resets only
+after a connection stayed up for ``stable_after`` seconds, so a server that
+accepts and closes at once cannot cause a hot loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from ..config import ConfigError, Settings
+from ..coordination import Coordinator
+from ..deadletter import DeadLetters
+from ..errors import CoordinationError
+from ..events import (
+    TOPICS,
+    ErrorFrame,
+    Event,
+    EventsFrame,
+    HeartbeatFrame,
+    Rejected,
+    SubscribedFrame,
+    parse_ws_frame,
+)
+from ..policy import backoff
+from ..router import Router
+
+__all__ = ["ListenerState", "WebSocketListener", "close_action"]
+
+log = structlog.get_logger("amt_ingest.sources.websocket")
+
+CURSOR: Final = "ws"
+
+# What to do after the server closed the connection, by close code (PROTOCOL.md section 2).
+RESUME, REFRESH_TOKEN, FROM_EARLIEST, REPORT = "resume", "refresh_token", "from_earliest", "report"
+
+
+def close_action(code: int | None) -> str:
+    """The reconnect decision for a close code; pure, for tests."""
+    if code == 4001:
+        return REFRESH_TOKEN
+    if code == 4410:
+        return FROM_EARLIEST
+    if code in (4400, 1008):
+        return REPORT
+    return RESUME
+
+
+_ERROR_ACTIONS: Final = {
+    "token_expired": REFRESH_TOKEN,
+    "unauthorized": REFRESH_TOKEN,
+    "replay_id_expired": FROM_EARLIEST,
+    "invalid_request": REPORT,
+    "unknown_topic": REPORT,
+}
+
+
+@dataclass
+class ListenerState:
+    """What health checks and status views read about the listener."""
+
+    connected: bool = False
+    connected_since: float | None = None
+    disconnected_since: float | None = field(default_factory=time.monotonic)
+    reconnects: int = 0
+    last_frame_at: float | None = None
+    fatal: str | None = None
+    events_handed_off: int = 0
+
+
+class _Reconnect(Exception):
+    def __init__(self, action: str, reason: str):
+        super().__init__(reason)
+        self.action = action
+
+
+class WebSocketListener:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        router: Router,
+        coordinator: Coordinator,
+        dead_letters: DeadLetters,
+        delays: Callable[[], Iterator[float]] | None = None,
+        stable_after: float = 10.0,
+    ):
+        self.settings = settings
+        self.router = router
+        self.coordinator = coordinator
+        self.dead_letters = dead_letters
+        self.delays = delays or (
+            lambda: backoff(settings.ws_backoff_initial, settings.ws_backoff_max)
+        )
+        self.stable_after = stable_after
+        self.state = ListenerState()
+        self._from_earliest = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Listen until ``stop`` is set. Returns early only on an unrecoverable auth error."""
+        delays = self.delays()
+        last_token: str | None = None
+        while not stop.is_set():
+            try:
+                token = self.settings.read_token()
+            except ConfigError as exc:
+                self._fatal(str(exc))
+                return
+            started = time.monotonic()
+            action, reason = RESUME, ""
+            try:
+                await self._connect_and_listen(token, stop)
+                if stop.is_set():
+                    return
+                reason = "connection ended"
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if status in (401, 403):
+                    if self.settings.passport_token_file is None or token == last_token:
+                        if self.settings.passport_token_file is None:
+                            self._fatal(
+                                f"Passport refused the token (HTTP {status}); "
+                                "set a valid AMT_PASSPORT_TOKEN and restart"
+                            )
+                            return
+                        log.error(
+                            "ws_auth_failed",
+                            status=status,
+                            hint="waiting for a new token in AMT_PASSPORT_TOKEN_FILE",
+                        )
+                        await self._wait_for_new_token(token, stop)
+                        last_token = None
+                        continue
+                    last_token = token
+                    action, reason = REFRESH_TOKEN, f"HTTP {status}"
+                else:
+                    reason = f"HTTP {status}"
+            except _Reconnect as exc:
+                action, reason = exc.action, str(exc)
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd else None
+                action = close_action(code)
+                reason = f"closed {code}: {exc.rcvd.reason if exc.rcvd else ''}"
+            except (OSError, TimeoutError, InvalidHandshake, CoordinationError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            finally:
+                self._disconnected()
+            if stop.is_set():
+                return
+            if time.monotonic() - started >= self.stable_after:
+                delays = self.delays()
+            if action == FROM_EARLIEST:
+                self._from_earliest = True
+                log.warning(
+                    "ws_resume_point_expired",
+                    reason=reason,
+                    hint="resubscribing from earliest; the window may hold a gap",
+                )
+            if action == REFRESH_TOKEN:
+                log.info("ws_token_refresh", reason=reason)
+                delay = 0.0
+            else:
+                delay = next(delays)
+                if action == REPORT:
+                    log.error("ws_protocol_error", reason=reason)
+                    delay = self.settings.ws_backoff_max
+            self.state.reconnects += 1
+            log.warning("ws_reconnecting", reason=reason, action=action, delay_s=round(delay, 2))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    def _fatal(self, message: str) -> None:
+        self.state.fatal = message
+        log.error("ws_listener_stopped", error=message)
+
+    async def _wait_for_new_token(self, old: str, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                if self.settings.read_token() != old:
+                    return
+            except ConfigError:
+                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.ws_backoff_max)
+
+    def _disconnected(self) -> None:
+        if self.state.connected:
+            self.state.disconnected_since = time.monotonic()
+        self.state.connected = False
+        self.state.connected_since = None
+
+    async def _subscribe_message(self) -> dict[str, Any]:
+        cursor = None if self._from_earliest else await self.coordinator.get_cursor(CURSOR)
+        if cursor:
+            replay: dict[str, Any] = {"preset": "custom", "replay_id": cursor}
+        elif self._from_earliest:
+            replay = {"preset": "earliest"}
+        else:
+            replay = {"preset": self.settings.passport_initial_replay}
+        return {
+            "type": "subscribe",
+            "topics": list(TOPICS),
+            "replay": replay,
+            "credits": self.settings.ws_credits,
+        }
+
+    async def _connect_and_listen(self, token: str, stop: asyncio.Event) -> None:
+        async with connect(
+            self.settings.passport_ws_url,
+            additional_headers={"Authorization": f"Bearer {token}"},
+            max_size=self.settings.ws_max_frame_bytes,
+            open_timeout=10,
+            close_timeout=5,
+            ping_interval=20,
+            ping_timeout=20,
+            proxy=None,
+        ) as ws:
+            subscribe = await self._subscribe_message()
+            await ws.send(orjson.dumps(subscribe).decode())
+            log.info("ws_connected", url=self.settings.passport_ws_url, replay=subscribe["replay"])
+            frames: asyncio.Queue[EventsFrame] = asyncio.Queue()
+            reader: asyncio.Task[Any] = asyncio.create_task(self._read(ws, frames))
+            handoff: asyncio.Task[Any] = asyncio.create_task(self._hand_off(ws, frames))
+            stopper: asyncio.Task[Any] = asyncio.create_task(stop.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {reader, handoff, stopper}, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for task in (reader, handoff, stopper):
+                    task.cancel()
+                await asyncio.gather(reader, handoff, stopper, return_exceptions=True)
+            if stopper in done:
+                await ws.close(1000, "client shutting down")
+                return
+            for task in done:
+                exc = task.exception()
+                if exc is not None:
+                    raise exc
+
+    async def _read(self, ws: ClientConnection, frames: asyncio.Queue[EventsFrame]) -> None:
+        timeout = self.settings.ws_heartbeat_timeout
+        while True:
+            try:
+                message = await asyncio.wait_for(ws.recv(), timeout=timeout)
+            except TimeoutError:
+                await ws.close(1011, "no frame within the heartbeat timeout")
+                raise _Reconnect(
+                    RESUME, f"no frame for {timeout}s (half-open connection)"
+                ) from None
+            self.state.last_frame_at = time.monotonic()
+            frame = parse_ws_frame(message, max_bytes=self.settings.ws_max_frame_bytes)
+            if isinstance(frame, Rejected):
+                log.warning("ws_frame_rejected", reason=frame.reason, detail=frame.detail)
+                await self.dead_letters.put(frame, path="ws", source=self.settings.passport_ws_url)
+                await self.coordinator.count({f"rejected:ws:{frame.reason}": 1})
+            elif isinstance(frame, EventsFrame):
+                frames.put_nowait(frame)
+            elif isinstance(frame, SubscribedFrame):
+                self.state.connected = True
+                self.state.connected_since = time.monotonic()
+                self.state.disconnected_since = None
+                log.info(
+                    "ws_subscribed", topics=frame.topics, latest_replay_id=frame.latest_replay_id
+                )
+                self._from_earliest = False
+            elif isinstance(frame, HeartbeatFrame):
+                pass
+            elif isinstance(frame, ErrorFrame):
+                action = _ERROR_ACTIONS.get(frame.code, RESUME)
+                log.warning("ws_error_frame", code=frame.code, message=frame.message)
+                raise _Reconnect(action, f"server error {frame.code}: {frame.message}")
+
+    async def _hand_off(self, ws: ClientConnection, frames: asyncio.Queue[EventsFrame]) -> None:
+        while True:
+            frame = await frames.get()
+            events = [item for item in frame.items if isinstance(item, Event)]
+            rejected = [item for item in frame.items if isinstance(item, Rejected)]
+            for bad in rejected:
+                log.warning(
+                    "ws_event_rejected",
+                    reason=bad.reason,
+                    detail=bad.detail,
+                    event_id=bad.event_id,
+                    replay_id=bad.replay_id,
+                )
+                await self.dead_letters.put(bad, path="ws", source=self.settings.passport_ws_url)
+            if rejected:
+                await self.coordinator.count(Counter(f"rejected:ws:{b.reason}" for b in rejected))
+            if events:
+                await self.router.route(events, path="ws")
+            last = next((i.replay_id for i in reversed(frame.items) if i.replay_id), None)
+            if last is not None:
+                await self.coordinator.set_cursor(CURSOR, last)
+            self.state.events_handed_off += len(events)
+            if frame.items:
+                await ws.send(orjson.dumps({"type": "credit", "n": len(frame.items)}).decode())

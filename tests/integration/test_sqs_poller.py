@@ -1,0 +1,149 @@
+"""The SQS poller against a moto server and real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from amt_ingest import aws
+from amt_ingest.config import Settings
+from amt_ingest.coordination import Coordinator
+from amt_ingest.deadletter import DeadLetters
+from amt_ingest.router import Router
+from amt_ingest.sources.sqs import SqsPoller
+from tests.conftest import SAMPLES
+
+ORG = "00D5g000004ZzABEA0"
+
+
+def sample(name: str) -> dict:
+    return json.loads((SAMPLES / name).read_text())
+
+
+@pytest.fixture
+async def env(aws_env, redis_url, tmp_path: Path):
+    settings = Settings(redis_url=redis_url, sqs_wait_seconds=0, allowed_org_ids=[ORG])
+    boot = await aws.bootstrap(settings)
+    client = aioredis.Redis.from_url(redis_url)
+    coordinator = Coordinator(client, dedup_ttl=3600)
+    async with aws.client(settings, "sqs") as sqs:
+        yield settings, boot, sqs, coordinator, tmp_path
+    await client.aclose()
+
+
+async def drain(poller: SqsPoller, sqs, queue_url: str) -> None:
+    """Poll until the queue is empty and nothing is in flight."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(poller.run(stop))
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        attrs = await sqs.get_queue_attributes(
+            QueueUrl=queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )
+        a = attrs["Attributes"]
+        if a["ApproximateNumberOfMessages"] == "0" and a["ApproximateNumberOfMessagesNotVisible"] == "0":
+            break
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+async def receive_all(sqs, url: str) -> list[dict]:
+    out = []
+    while True:
+        reply = await sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=60
+        )
+        if not reply.get("Messages"):
+            return out
+        out.extend(reply["Messages"])
+
+
+async def test_both_body_shapes_are_handed_off_and_deleted(env):
+    settings, boot, sqs, coordinator, tmp = env
+    envelope = sample("sqs-message-sns-envelope.json")
+    raw = sample("sqs-message-raw-delivery.json")
+    await sqs.send_message(QueueUrl=boot.queue_url, MessageBody=envelope["Body"])
+    await sqs.send_message(
+        QueueUrl=boot.queue_url,
+        MessageBody=raw["Body"],
+        MessageAttributes={k: {"DataType": "String", "StringValue": v["StringValue"]} for k, v in raw["MessageAttributes"].items()},
+    )
+    # The same event again, as SNS would re-publish it under a new MessageId.
+    await sqs.send_message(QueueUrl=boot.queue_url, MessageBody=envelope["Body"])
+    dead = DeadLetters(sqs=sqs, dlq_url=boot.dlq_url, fallback_path=tmp / "dead.jsonl")
+    poller = SqsPoller(
+        settings, sqs=sqs, queue_url=boot.queue_url, router=Router(coordinator, allowed_orgs=[ORG]),
+        coordinator=coordinator, dead_letters=dead,
+    )
+    await drain(poller, sqs, boot.queue_url)
+    stats = await coordinator.stats()
+    assert stats["first:sqs:Opportunity"] == 1
+    assert stats["first:sqs:External_Attachment__c"] == 1
+    assert stats["duplicate:sqs:Opportunity"] == 1
+    assert poller.state.deleted == 3
+    assert await receive_all(sqs, boot.dlq_url) == []
+
+
+async def test_malformed_goes_to_the_dlq_with_its_reason_and_the_rest_goes_on(env):
+    settings, boot, sqs, coordinator, tmp = env
+    envelope = json.loads(sample("sqs-message-sns-envelope.json")["Body"])
+    truncated = json.dumps(envelope)[:150]
+    foreign = sample("event-opportunity-update.json")
+    foreign["org_id"] = "00D5g000009XyZQEA0"
+    bodies = ["not json", truncated, json.dumps({"event_id": "x"}), json.dumps(foreign),
+              sample("sqs-message-raw-delivery.json")["Body"]]
+    for body in bodies:
+        await sqs.send_message(QueueUrl=boot.queue_url, MessageBody=body)
+    dead = DeadLetters(sqs=sqs, dlq_url=boot.dlq_url, fallback_path=tmp / "dead.jsonl")
+    poller = SqsPoller(
+        settings, sqs=sqs, queue_url=boot.queue_url, router=Router(coordinator, allowed_orgs=[ORG]),
+        coordinator=coordinator, dead_letters=dead,
+    )
+    await drain(poller, sqs, boot.queue_url)
+    dlq = await receive_all(sqs, boot.dlq_url)
+    reasons = sorted(m["MessageAttributes"]["reason"]["StringValue"] for m in dlq)
+    assert reasons == ["invalid_event", "invalid_json", "invalid_json"]
+    assert {m["Body"] for m in dlq} == {"not json", truncated, json.dumps({"event_id": "x"})}
+    assert all(m["MessageAttributes"]["path"]["StringValue"] == "sqs" for m in dlq)
+    stats = await coordinator.stats()
+    assert stats["filtered:sqs:Opportunity"] == 1  # unknown org: filtered and counted, not dead-lettered
+    assert stats["first:sqs:External_Attachment__c"] == 1
+    assert stats["rejected:sqs:invalid_json"] == 2
+    assert not (tmp / "dead.jsonl").exists()
+
+
+async def test_dead_letters_fall_back_to_a_file_when_sqs_refuses(env):
+    from amt_ingest.events import parse_sqs_message
+
+    settings, boot, sqs, coordinator, tmp = env
+    rejected = parse_sqs_message("{")
+    dead = DeadLetters(sqs=sqs, dlq_url=boot.dlq_url + "-missing", fallback_path=tmp / "dead.jsonl")
+    assert await dead.put(rejected, path="ws", source="test") == "file"
+    (line,) = (tmp / "dead.jsonl").read_text().splitlines()
+    assert json.loads(line)["reason"] == "invalid_json"
+    assert json.loads(line)["body"] == "{"
+
+
+async def test_handoff_failure_releases_messages_for_redelivery(env):
+    settings, boot, sqs, coordinator, tmp = env
+    await sqs.send_message(QueueUrl=boot.queue_url, MessageBody=sample("sqs-message-raw-delivery.json")["Body"])
+    broken = aioredis.Redis.from_url("redis://127.0.0.1:1/0")  # nothing listens there
+    broken_coord = Coordinator(broken, dedup_ttl=60)
+    dead = DeadLetters(sqs=sqs, dlq_url=boot.dlq_url, fallback_path=tmp / "dead.jsonl")
+    poller = SqsPoller(
+        settings, sqs=sqs, queue_url=boot.queue_url, router=Router(broken_coord),
+        coordinator=broken_coord, dead_letters=dead,
+    )
+    messages = await poller._receive()
+    assert len(messages) == 1
+    await poller._handle(messages)
+    assert poller.state.deleted == 0
+    # Released at once (visibility 0), not after the visibility timeout.
+    again = await sqs.receive_message(QueueUrl=boot.queue_url, MaxNumberOfMessages=10)
+    assert len(again.get("Messages", [])) == 1
+    await broken.aclose()
