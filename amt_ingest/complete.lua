@@ -3,6 +3,7 @@
 -- record, or hand it to a fresh job if changes arrived while it ran.
 --
 -- KEYS[1]    record key
+-- KEYS[2]    lease key of the record (released here)
 -- ARGV[1]    the finishing job's id (must still own the record)
 -- ARGV[2]    the change counter the job read
 -- ARGV[3]    arq queue name
@@ -15,6 +16,7 @@
 -- Returns {status, next_job_id}: status "released", "handed_over" or "not_owner".
 
 local rec = KEYS[1]
+redis.call('DEL', KEYS[2])
 if redis.call('HGET', rec, 'job') ~= ARGV[1] then
   return {'not_owner', ''}
 end

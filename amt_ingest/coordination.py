@@ -6,6 +6,7 @@ Keys:
 - ``amt:evt:<event_id>``            dedup record (first path, first time, trace context, paths seen)
 - ``amt:rec:<topic>:<record_id>``   pending changes ``f:<field>`` = position + JSON value,
                                     ``job`` (owning job id), ``ver`` (change counter), ``org``
+- ``amt:lease:<topic>:<record_id>``  the run of the owning job that works on it (expires)
 - ``amt:jobseq``                    source of fresh job ids
 - ``arq:job:<id>``, ``amt:queue``   arq's job payloads and queue, written by the scripts
 - ``amt:cursor:<name>``             WebSocket resume point
@@ -59,12 +60,23 @@ async def _done(result: Awaitable[T] | T) -> T:
     return await result if inspect.isawaitable(result) else result
 
 
+# Drop a lease only if this run still holds it.
+_UNLEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 def _script(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text()
 
 
 def record_key(topic: str, record_id: str) -> str:
     return f"amt:rec:{topic}:{record_id}"
+
+
+def lease_key(topic: str, record_id: str) -> str:
+    return f"amt:lease:{topic}:{record_id}"
 
 
 def dedup_key(event_id: str) -> str:
@@ -112,7 +124,7 @@ class PendingRecord:
     version: bytes
     entries: dict[bytes, bytes]
     changes: dict[str, tuple[str, Any]]
-    failures: int
+    token: str
 
 
 def _decode_pending(raw: Mapping[bytes, bytes]) -> dict[str, tuple[str, Any]]:
@@ -135,6 +147,9 @@ class Coordinator:
         self.dedup_ttl = dedup_ttl
         self._ingest = client.register_script(_script("ingest.lua"))
         self._complete = client.register_script(_script("complete.lua"))
+        self._reap = client.register_script(_script("reap.lua"))
+        self._claim = client.register_script(_script("claim.lua"))
+        self._unlease = client.register_script(_UNLEASE)
 
     # -- hand-off ------------------------------------------------------------
 
@@ -210,14 +225,29 @@ class Coordinator:
 
     # -- jobs ------------------------------------------------------------------
 
-    async def read_record(self, topic: str, record_id: str, job_id: str) -> PendingRecord | None:
-        """The record's pending changes, or ``None`` if ``job_id`` does not own the record."""
+    async def claim(
+        self, topic: str, record_id: str, job_id: str, *, token: str, lease_ms: int
+    ) -> PendingRecord | int | None:
+        """Claim the record for one run of ``job_id`` and read its pending changes.
+
+        Returns the pending record; ``None`` if ``job_id`` does not own the record
+        (nothing to do); or, if another run of the same job holds the lease, the
+        lease's remaining milliseconds (retry after that).
+        """
         try:
-            raw: dict[bytes, bytes] = await _done(self.redis.hgetall(record_key(topic, record_id)))
+            reply = await self._claim(
+                keys=[record_key(topic, record_id), lease_key(topic, record_id)],
+                args=[job_id, token, lease_ms],
+            )
         except (RedisError, OSError) as exc:
-            raise CoordinationError(f"reading {topic} {record_id} failed: {exc}") from exc
-        if raw.get(b"job", b"").decode() != job_id:
+            raise CoordinationError(f"claiming {topic} {record_id} failed: {exc}") from exc
+        status = reply[0].decode()
+        if status == "not_owner":
             return None
+        if status == "busy":
+            return max(1, int(reply[1]))
+        flat = reply[1]
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
         return PendingRecord(
             topic=topic,
             record_id=record_id,
@@ -225,8 +255,18 @@ class Coordinator:
             version=raw.get(b"ver", b"0"),
             entries={k: v for k, v in raw.items() if k.startswith(b"f:")},
             changes=_decode_pending(raw),
-            failures=int(raw.get(b"fail", b"0")),
+            token=token,
         )
+
+    async def release_lease(self, record: PendingRecord) -> None:
+        """End a run that will not complete (it failed and retries later)."""
+        try:
+            await self._unlease(
+                keys=[lease_key(record.topic, record.record_id)], args=[record.token]
+            )
+        except (RedisError, OSError) as exc:
+            # The lease expires by itself after the job timeout.
+            raise CoordinationError(f"releasing the lease of {record.record_id}: {exc}") from exc
 
     async def complete(self, record: PendingRecord, job_id: str) -> tuple[str, str]:
         """Drop what the job applied; release the record or hand it to a fresh job.
@@ -248,7 +288,11 @@ class Coordinator:
             args.append(value)
         try:
             status, next_id = await self._complete(
-                keys=[record_key(record.topic, record.record_id)], args=args
+                keys=[
+                    record_key(record.topic, record.record_id),
+                    lease_key(record.topic, record.record_id),
+                ],
+                args=args,
             )
         except (RedisError, OSError) as exc:
             raise CoordinationError(f"completing {record.topic} {record.record_id}: {exc}") from exc
@@ -273,6 +317,23 @@ class Coordinator:
         )
         status, _ = await self.complete(record, job_id)
         return status
+
+    async def reap(self, *, batch: int = 500) -> list[tuple[str, str, str]]:
+        """Give a fresh job to every record whose owning job is gone from arq.
+
+        Returns ``(topic, record_id, new_job_id)`` for each recovered record. Safe to
+        run from several workers at once: each check-and-enqueue is atomic.
+        """
+        recovered: list[tuple[str, str, str]] = []
+        async for key in self.redis.scan_iter(match="amt:rec:*", count=batch):
+            _, _, topic, record_id = key.decode().split(":", 3)
+            job_id = await self._reap(
+                keys=[key],
+                args=[self.queue_name, JOB_TTL_MS, JOB_FUNCTION, topic, record_id],
+            )
+            if job_id:
+                recovered.append((topic, record_id, job_id.decode()))
+        return recovered
 
     # -- cursors and counters ----------------------------------------------------
 

@@ -14,17 +14,21 @@ the pending changes go to the dead-letter records with the error.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+import uuid
 from typing import Any, Final
 
 import orjson
 import structlog
 from arq import Retry
 from arq.connections import ArqRedis, RedisSettings
+from arq.cron import cron
 from arq.worker import Function, Worker, func
 
 from .config import Settings
-from .coordination import JOB_FUNCTION, QUEUE_NAME, REREAD_FIELD, Coordinator
+from .coordination import JOB_FUNCTION, QUEUE_NAME, REREAD_FIELD, Coordinator, PendingRecord
 from .errors import CoordinationError, StoreError
 from .policy import job_retry_delay
 from .store import Store
@@ -57,13 +61,20 @@ async def apply_record(ctx: dict[str, Any], topic: str, record_id: str) -> str:
     bound = log.bind(topic=topic, record_id=record_id, job_id=job_id, job_try=job_try)
     started = time.perf_counter()
     try:
-        record = await coordinator.read_record(topic, record_id, job_id)
+        record = await coordinator.claim(
+            topic, record_id, job_id, token=uuid.uuid4().hex, lease_ms=ctx["lease_ms"]
+        )
     except CoordinationError as exc:
         bound.warning("job_redis_error", error=str(exc))
         raise Retry(defer=COORDINATION_RETRY_S) from exc
     if record is None:
         bound.info("job_skipped", reason="not_owner")
         return "not_owner"
+    if isinstance(record, int):
+        # Another run of this job still holds the record (arq reran it after its
+        # in-progress key lapsed): never two runs on one record at once.
+        bound.warning("job_record_busy", retry_in_ms=record)
+        raise Retry(defer=record / 1000)
     changes = dict(record.changes)
     if changes.pop(REREAD_FIELD, None) is not None:
         # Gap events need a re-read from Salesforce; counted so they are visible.
@@ -77,11 +88,16 @@ async def apply_record(ctx: dict[str, Any], topic: str, record_id: str) -> str:
             return "dead_lettered"
         delay = job_retry_delay(job_try)
         bound.warning("job_retry", error=str(exc), retry_in_s=round(delay, 1))
+        await _release(coordinator, record)
         raise Retry(defer=delay) from exc
+    except BaseException:
+        await _release(coordinator, record)
+        raise
     try:
         status, next_job = await coordinator.complete(record, job_id)
     except CoordinationError as exc:
         bound.warning("job_redis_error", error=str(exc))
+        await _release(coordinator, record)
         raise Retry(defer=COORDINATION_RETRY_S) from exc
     bound.info(
         "job_done",
@@ -92,6 +108,25 @@ async def apply_record(ctx: dict[str, Any], topic: str, record_id: str) -> str:
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
     )
     return status
+
+
+async def reap_orphans(ctx: dict[str, Any]) -> int:
+    """arq cron: recover records whose job vanished (DESIGN.md section 3, the reaper)."""
+    coordinator: Coordinator = ctx["coordinator"]
+    recovered = await coordinator.reap()
+    for topic, record_id, job_id in recovered:
+        log.warning("record_reaped", topic=topic, record_id=record_id, job_id=job_id)
+    return len(recovered)
+
+
+def lease_ms(settings: Settings) -> int:
+    """How long a run holds its record: the job timeout plus arq's 10 s margin."""
+    return int((settings.job_timeout + 10) * 1000)
+
+
+async def _release(coordinator: Coordinator, record: PendingRecord) -> None:
+    with contextlib.suppress(CoordinationError):
+        await asyncio.shield(coordinator.release_lease(record))
 
 
 def worker_function(settings: Settings) -> Function:
@@ -126,6 +161,16 @@ def build_worker(
     """An arq worker for the record jobs, sharing the process's Redis pool and store."""
     return Worker(
         functions=[worker_function(settings)],
+        cron_jobs=[
+            cron(
+                reap_orphans,
+                name="reap_orphans",
+                second=set(range(0, 60, 15)),
+                unique=True,
+                timeout=60,
+                max_tries=1,
+            )
+        ],
         queue_name=QUEUE_NAME,
         redis_pool=pool,
         burst=burst,
@@ -136,6 +181,11 @@ def build_worker(
         keep_result=0,
         job_serializer=job_serializer,
         job_deserializer=job_deserializer,
-        ctx={"coordinator": coordinator, "store": store, "max_tries": settings.job_max_tries},
+        ctx={
+            "coordinator": coordinator,
+            "store": store,
+            "max_tries": settings.job_max_tries,
+            "lease_ms": lease_ms(settings),
+        },
         log_results=False,
     )

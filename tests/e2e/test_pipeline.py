@@ -77,7 +77,10 @@ def _dlq_messages(env: dict[str, str], dlq_url: str) -> list[dict]:
     seen: dict[str, dict] = {}
     for _ in range(10):
         reply = sqs.receive_message(
-            QueueUrl=dlq_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=60
+            QueueUrl=dlq_url,
+            MaxNumberOfMessages=10,
+            MessageAttributeNames=["All"],
+            VisibilityTimeout=60,
         )
         batch = reply.get("Messages", [])
         if not batch:
@@ -86,7 +89,9 @@ def _dlq_messages(env: dict[str, str], dlq_url: str) -> list[dict]:
     return list(seen.values())
 
 
-@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def test_both_paths_converge_to_ground_truth(database, aws_env, redis_url, tmp_path: Path):
     db_url = f"sqlite+aiosqlite:///{tmp_path}/store.db" if database == "sqlite" else POSTGRES_URL
     if database == "postgres":
@@ -131,17 +136,51 @@ def test_both_paths_converge_to_ground_truth(database, aws_env, redis_url, tmp_p
     started = time.monotonic()
     with open(logs / "service.log", "wb") as service_log, open(logs / "sim.log", "wb") as sim_log:
         service = subprocess.Popen(
-            [sys.executable, "-m", "amt_ingest", "run"], env=service_env, stdout=service_log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "amt_ingest", "run"],
+            env=service_env,
+            stdout=service_log,
+            stderr=subprocess.STDOUT,
         )
         simulator = subprocess.Popen(
             [
-                sys.executable, "-m", "amt_ingest", "simulate",
-                "--port", str(ws_port), "--sf-port", str(sf_port), "--token", "e2e-token",
-                "--events", str(EVENTS), "--records", str(RECORDS), "--rate", "400", "--seed", "11",
-                "--dup-rate", "0.1", "--ooo-rate", "0.1", "--ws-only-rate", "0.05",
-                "--sqs-only-rate", "0.05", "--foreign-org-rate", "0.02", "--malformed-rate", "0.01",
-                "--max-batch", "50",
-                "--sqs-queue-url", queue_url, "--truth", str(truth_path), "--stats", str(stats_path),
+                sys.executable,
+                "-m",
+                "amt_ingest",
+                "simulate",
+                "--port",
+                str(ws_port),
+                "--sf-port",
+                str(sf_port),
+                "--token",
+                "e2e-token",
+                "--events",
+                str(EVENTS),
+                "--records",
+                str(RECORDS),
+                "--rate",
+                "400",
+                "--seed",
+                "11",
+                "--dup-rate",
+                "0.1",
+                "--ooo-rate",
+                "0.1",
+                "--ws-only-rate",
+                "0.05",
+                "--sqs-only-rate",
+                "0.05",
+                "--foreign-org-rate",
+                "0.02",
+                "--malformed-rate",
+                "0.01",
+                "--max-batch",
+                "50",
+                "--sqs-queue-url",
+                queue_url,
+                "--truth",
+                str(truth_path),
+                "--stats",
+                str(stats_path),
             ],
             env=base,
             stdout=sim_log,
@@ -163,7 +202,9 @@ def test_both_paths_converge_to_ground_truth(database, aws_env, redis_url, tmp_p
                 assert service.poll() is None, (logs / "service.log").read_text()[-3000:]
                 time.sleep(1)
             converged_s = time.monotonic() - started
-            missing = {(r["topic"], r["id"]) for r in truth} - {(r["topic"], r["id"]) for r in exported}
+            missing = {(r["topic"], r["id"]) for r in truth} - {
+                (r["topic"], r["id"]) for r in exported
+            }
             assert not missing, f"{len(missing)} records missing, e.g. {sorted(missing)[:3]}"
             diff = [(t, e) for t, e in zip(truth, exported, strict=False) if t != e]
             assert exported == truth, f"{len(diff)} records differ, first: {diff[:1]}"
@@ -187,11 +228,15 @@ def test_both_paths_converge_to_ground_truth(database, aws_env, redis_url, tmp_p
     # Events of the foreign org were filtered out and counted, not dead-lettered.
     assert filtered > 0
     assert dups > 0
-    assert any(k.startswith("duplicate:sqs") for k in counters) and any(k.startswith("first:sqs") for k in counters)
+    assert any(k.startswith("duplicate:sqs") for k in counters) and any(
+        k.startswith("first:sqs") for k in counters
+    )
     # Malformed input from both paths is in the dead-letter queue with its reason.
     dead = _dlq_messages(service_env, dlq_url)
     paths = {m["MessageAttributes"]["path"]["StringValue"] for m in dead}
     reasons = {m["MessageAttributes"]["reason"]["StringValue"] for m in dead}
     assert paths == {"ws", "sqs"}, reasons
     assert all(m["MessageAttributes"]["detail"]["StringValue"] for m in dead)
-    assert not any(m["MessageAttributes"].get("event_id", {}).get("StringValue") == ORG for m in dead)
+    assert not any(
+        m["MessageAttributes"].get("event_id", {}).get("StringValue") == ORG for m in dead
+    )

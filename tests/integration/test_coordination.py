@@ -22,7 +22,9 @@ ORG = "00D5g000004ZzABEA0"
 RID = "0065g00000AbCdEAAA"
 
 
-def make_event(ts: int, fields: dict, *, change="UPDATE", record_ids=(RID,), topic="Opportunity", event_id=None) -> Event:
+def make_event(
+    ts: int, fields: dict, *, change="UPDATE", record_ids=(RID,), topic="Opportunity", event_id=None
+) -> Event:
     obj = json.loads((SAMPLES / "event-opportunity-update.json").read_text())
     obj["event_id"] = event_id or str(uuid.uuid4())
     obj["topic"] = topic
@@ -58,8 +60,21 @@ async def queued_jobs(coord: Coordinator) -> list[tuple[str, list]]:
     return jobs
 
 
+async def claim(coord: Coordinator, job_id: str, topic: str = "Opportunity", rid: str = RID):
+    record = await coord.claim(topic, rid, job_id, token=uuid.uuid4().hex, lease_ms=5000)
+    assert not isinstance(record, int)
+    return record
+
+
 async def run_job(coord: Coordinator, store, job_id: str, topic="Opportunity", rid=RID) -> str:
-    ctx = {"coordinator": coord, "store": store, "max_tries": 16, "job_id": job_id, "job_try": 1}
+    ctx = {
+        "coordinator": coord,
+        "store": store,
+        "max_tries": 16,
+        "job_id": job_id,
+        "job_try": 1,
+        "lease_ms": 5000,
+    }
     return await apply_record(ctx, topic, rid)
 
 
@@ -80,7 +95,7 @@ async def test_burst_for_one_record_coalesces_into_one_job(coord):
     assert sum(r.jobs_created for r in results) == 1
     ((job_id, args),) = await queued_jobs(coord)
     assert args == ["Opportunity", RID]
-    pending = await coord.read_record("Opportunity", RID, job_id)
+    pending = await claim(coord, job_id)
     assert pending is not None
     assert pending.changes["StageName"][1] == "S49"
     assert len(pending.changes) == 51
@@ -91,14 +106,14 @@ async def test_older_event_while_queued_does_not_replace_newer(coord):
     (late,) = await coord.ingest([make_event(100, {"StageName": "old"})], path="sqs")
     assert late.outcome == "stale"
     ((job_id, _),) = await queued_jobs(coord)
-    pending = await coord.read_record("Opportunity", RID, job_id)
+    pending = await claim(coord, job_id)
     assert pending is not None and pending.changes["StageName"][1] == "new"
 
 
 async def test_event_after_job_read_is_handed_to_a_fresh_job(coord, store):
     await coord.ingest([make_event(100, {"StageName": "A", "Name": "n"})], path="ws")
     ((job1, _),) = await queued_jobs(coord)
-    record = await coord.read_record("Opportunity", RID, job1)
+    record = await claim(coord, job1)
     assert record is not None
     # The job has read the pending changes; an event arrives now.
     (during,) = await coord.ingest([make_event(200, {"StageName": "B"})], path="ws")
@@ -137,14 +152,14 @@ async def test_stale_job_does_not_touch_the_record(coord, store):
 async def test_newer_pending_value_survives_completion_of_older(coord, store):
     await coord.ingest([make_event(100, {"StageName": "A"})], path="ws")
     ((job1, _),) = await queued_jobs(coord)
-    record = await coord.read_record("Opportunity", RID, job1)
+    record = await claim(coord, job1)
     assert record is not None
     await coord.ingest([make_event(300, {"StageName": "C"})], path="ws")
     await coord.ingest([make_event(200, {"StageName": "B"})], path="ws")  # older than C: stale
     await store.apply("Opportunity", RID, record.org_id, record.changes)
     status, job2 = await coord.complete(record, job1)
     assert status == "handed_over"
-    after = await coord.read_record("Opportunity", RID, job2)
+    after = await claim(coord, job2)
     assert after is not None and after.changes["StageName"][1] == "C"
 
 
@@ -180,7 +195,7 @@ async def test_failing_store_retries_then_dead_letters(coord):
     ((job, _),) = await queued_jobs(coord)
     # A real database that refuses connections (nothing listens on port 1).
     down = Store.open("postgresql+asyncpg://postgres@127.0.0.1:1/test")
-    ctx = {"coordinator": coord, "store": down, "max_tries": 3, "job_id": job}
+    ctx = {"coordinator": coord, "store": down, "max_tries": 3, "job_id": job, "lease_ms": 5000}
     with pytest.raises(Retry) as info:
         await apply_record({**ctx, "job_try": 1}, "Opportunity", RID)
     assert info.value.defer_score >= 31_000
@@ -209,7 +224,9 @@ async def test_arq_worker_runs_the_jobs(coord, store, redis_url):
     await coord.ingest(events, path="ws")
     await coord.ingest([dup], path="sqs")
     pool = await create_arq_pool(settings)
-    worker = build_worker(settings, pool=pool, coordinator=coord, store=store, handle_signals=False, burst=True)
+    worker = build_worker(
+        settings, pool=pool, coordinator=coord, store=store, handle_signals=False, burst=True
+    )
     try:
         await worker.main()
     finally:
@@ -217,5 +234,76 @@ async def test_arq_worker_runs_the_jobs(coord, store, redis_url):
     assert worker.jobs_complete == 20 and worker.jobs_failed == 0
     rows = [r async for r in store.export()]
     assert len(rows) == 20
-    assert all(r["fields"]["StageName"] == "early" and r["fields"]["Name"].startswith("r") for r in rows)
+    assert all(
+        r["fields"]["StageName"] == "early" and r["fields"]["Name"].startswith("r") for r in rows
+    )
     assert await coord.redis.keys("amt:rec:*") == []
+
+
+async def test_reaper_recovers_a_record_whose_job_vanished(coord, store):
+    await coord.ingest([make_event(100, {"StageName": "A"})], path="ws")
+    ((job1, _),) = await queued_jobs(coord)
+    assert await coord.reap() == []  # a queued job is alive
+    await coord.redis.set(f"arq:in-progress:{job1}", b"1")
+    await coord.redis.delete(f"arq:job:{job1}")
+    assert await coord.reap() == []  # a running job is alive
+    # arq failed the job for good (timeout, expired key): it is gone.
+    await coord.redis.delete(f"arq:in-progress:{job1}")
+    await coord.redis.zrem(QUEUE_NAME, job1)
+    ((topic, rid, job2),) = await coord.reap()
+    assert (topic, rid) == ("Opportunity", RID) and job2 != job1
+    assert await coord.reap() == []
+    # The old job, should it run after all, no longer owns the record.
+    assert await run_job(coord, store, job1) == "not_owner"
+    assert await run_job(coord, store, job2) == "released"
+    (row,) = [r async for r in store.export()]
+    assert row["fields"] == {"StageName": "A"}
+
+
+async def test_two_runs_of_one_job_never_overlap_on_a_record(coord, store):
+    from arq import Retry
+
+    await coord.ingest([make_event(100, {"StageName": "A"})], path="ws")
+    ((job, _),) = await queued_jobs(coord)
+    first = await coord.claim("Opportunity", RID, job, token="run-1", lease_ms=60_000)
+    assert first is not None and not isinstance(first, int)
+    # arq reran the job (its in-progress key lapsed) while run 1 still works.
+    busy = await coord.claim("Opportunity", RID, job, token="run-2", lease_ms=60_000)
+    assert isinstance(busy, int) and 0 < busy <= 60_000
+    ctx = {
+        "coordinator": coord,
+        "store": store,
+        "max_tries": 16,
+        "job_id": job,
+        "job_try": 1,
+        "lease_ms": 60_000,
+    }
+    with pytest.raises(Retry):
+        await apply_record(ctx, "Opportunity", RID)
+    assert [r async for r in store.export()] == []
+    await store.apply("Opportunity", RID, first.org_id, first.changes)
+    assert (await coord.complete(first, job))[0] == "released"
+    # The rerun, when it comes back, finds nothing left to do.
+    assert await apply_record(ctx, "Opportunity", RID) == "not_owner"
+
+
+async def test_concurrent_routers_on_one_record_schedule_one_job(redis_url, store):
+    clients = [aioredis.Redis.from_url(redis_url) for _ in range(4)]
+    coords = [Coordinator(c, dedup_ttl=3600) for c in clients]
+    events = [make_event(1000 + i, {"StageName": f"S{i}"}) for i in range(200)]
+    import asyncio
+
+    results = await asyncio.gather(
+        *(coords[i % 4].ingest(events[i::4], path="ws" if i % 2 else "sqs") for i in range(4)),
+        *(coords[i % 4].ingest(events[i::4], path="sqs") for i in range(4)),
+    )
+    flat = [r for batch in results for r in batch]
+    assert sum(r.outcome == "first" for r in flat) + sum(r.outcome == "stale" for r in flat) == 200
+    assert sum(r.outcome == "duplicate" for r in flat) == 200
+    assert sum(r.jobs_created for r in flat) == 1
+    ((job, _),) = await queued_jobs(coords[0])
+    assert await run_job(coords[0], store, job) == "released"
+    (row,) = [r async for r in store.export()]
+    assert row["fields"]["StageName"] == "S199"
+    for c in clients:
+        await c.aclose()

@@ -46,7 +46,10 @@ async def drain(poller: SqsPoller, sqs, queue_url: str) -> None:
             AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
         )
         a = attrs["Attributes"]
-        if a["ApproximateNumberOfMessages"] == "0" and a["ApproximateNumberOfMessagesNotVisible"] == "0":
+        if (
+            a["ApproximateNumberOfMessages"] == "0"
+            and a["ApproximateNumberOfMessagesNotVisible"] == "0"
+        ):
             break
     stop.set()
     await asyncio.wait_for(task, 10)
@@ -56,7 +59,10 @@ async def receive_all(sqs, url: str) -> list[dict]:
     out = []
     while True:
         reply = await sqs.receive_message(
-            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=60
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            MessageAttributeNames=["All"],
+            VisibilityTimeout=60,
         )
         if not reply.get("Messages"):
             return out
@@ -71,14 +77,21 @@ async def test_both_body_shapes_are_handed_off_and_deleted(env):
     await sqs.send_message(
         QueueUrl=boot.queue_url,
         MessageBody=raw["Body"],
-        MessageAttributes={k: {"DataType": "String", "StringValue": v["StringValue"]} for k, v in raw["MessageAttributes"].items()},
+        MessageAttributes={
+            k: {"DataType": "String", "StringValue": v["StringValue"]}
+            for k, v in raw["MessageAttributes"].items()
+        },
     )
     # The same event again, as SNS would re-publish it under a new MessageId.
     await sqs.send_message(QueueUrl=boot.queue_url, MessageBody=envelope["Body"])
     dead = DeadLetters(sqs=sqs, dlq_url=boot.dlq_url, fallback_path=tmp / "dead.jsonl")
     poller = SqsPoller(
-        settings, sqs=sqs, queue_url=boot.queue_url, router=Router(coordinator, allowed_orgs=[ORG]),
-        coordinator=coordinator, dead_letters=dead,
+        settings,
+        sqs=sqs,
+        queue_url=boot.queue_url,
+        router=Router(coordinator, allowed_orgs=[ORG]),
+        coordinator=coordinator,
+        dead_letters=dead,
     )
     await drain(poller, sqs, boot.queue_url)
     stats = await coordinator.stats()
@@ -95,14 +108,23 @@ async def test_malformed_goes_to_the_dlq_with_its_reason_and_the_rest_goes_on(en
     truncated = json.dumps(envelope)[:150]
     foreign = sample("event-opportunity-update.json")
     foreign["org_id"] = "00D5g000009XyZQEA0"
-    bodies = ["not json", truncated, json.dumps({"event_id": "x"}), json.dumps(foreign),
-              sample("sqs-message-raw-delivery.json")["Body"]]
+    bodies = [
+        "not json",
+        truncated,
+        json.dumps({"event_id": "x"}),
+        json.dumps(foreign),
+        sample("sqs-message-raw-delivery.json")["Body"],
+    ]
     for body in bodies:
         await sqs.send_message(QueueUrl=boot.queue_url, MessageBody=body)
     dead = DeadLetters(sqs=sqs, dlq_url=boot.dlq_url, fallback_path=tmp / "dead.jsonl")
     poller = SqsPoller(
-        settings, sqs=sqs, queue_url=boot.queue_url, router=Router(coordinator, allowed_orgs=[ORG]),
-        coordinator=coordinator, dead_letters=dead,
+        settings,
+        sqs=sqs,
+        queue_url=boot.queue_url,
+        router=Router(coordinator, allowed_orgs=[ORG]),
+        coordinator=coordinator,
+        dead_letters=dead,
     )
     await drain(poller, sqs, boot.queue_url)
     dlq = await receive_all(sqs, boot.dlq_url)
@@ -111,7 +133,9 @@ async def test_malformed_goes_to_the_dlq_with_its_reason_and_the_rest_goes_on(en
     assert {m["Body"] for m in dlq} == {"not json", truncated, json.dumps({"event_id": "x"})}
     assert all(m["MessageAttributes"]["path"]["StringValue"] == "sqs" for m in dlq)
     stats = await coordinator.stats()
-    assert stats["filtered:sqs:Opportunity"] == 1  # unknown org: filtered and counted, not dead-lettered
+    assert (
+        stats["filtered:sqs:Opportunity"] == 1
+    )  # unknown org: filtered and counted, not dead-lettered
     assert stats["first:sqs:External_Attachment__c"] == 1
     assert stats["rejected:sqs:invalid_json"] == 2
     assert not (tmp / "dead.jsonl").exists()
@@ -120,7 +144,7 @@ async def test_malformed_goes_to_the_dlq_with_its_reason_and_the_rest_goes_on(en
 async def test_dead_letters_fall_back_to_a_file_when_sqs_refuses(env):
     from amt_ingest.events import parse_sqs_message
 
-    settings, boot, sqs, coordinator, tmp = env
+    _, boot, sqs, _, tmp = env
     rejected = parse_sqs_message("{")
     dead = DeadLetters(sqs=sqs, dlq_url=boot.dlq_url + "-missing", fallback_path=tmp / "dead.jsonl")
     assert await dead.put(rejected, path="ws", source="test") == "file"
@@ -130,14 +154,20 @@ async def test_dead_letters_fall_back_to_a_file_when_sqs_refuses(env):
 
 
 async def test_handoff_failure_releases_messages_for_redelivery(env):
-    settings, boot, sqs, coordinator, tmp = env
-    await sqs.send_message(QueueUrl=boot.queue_url, MessageBody=sample("sqs-message-raw-delivery.json")["Body"])
+    settings, boot, sqs, _, tmp = env
+    await sqs.send_message(
+        QueueUrl=boot.queue_url, MessageBody=sample("sqs-message-raw-delivery.json")["Body"]
+    )
     broken = aioredis.Redis.from_url("redis://127.0.0.1:1/0")  # nothing listens there
     broken_coord = Coordinator(broken, dedup_ttl=60)
     dead = DeadLetters(sqs=sqs, dlq_url=boot.dlq_url, fallback_path=tmp / "dead.jsonl")
     poller = SqsPoller(
-        settings, sqs=sqs, queue_url=boot.queue_url, router=Router(broken_coord),
-        coordinator=broken_coord, dead_letters=dead,
+        settings,
+        sqs=sqs,
+        queue_url=boot.queue_url,
+        router=Router(broken_coord),
+        coordinator=broken_coord,
+        dead_letters=dead,
     )
     messages = await poller._receive()
     assert len(messages) == 1

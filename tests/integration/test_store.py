@@ -21,7 +21,10 @@ async def test_apply_creates_then_merges_per_field(store):
     )
     assert r1.created and r1.applied == 3
     r2 = await store.apply(
-        "Opportunity", "0065g00000AbCdEAAA", ORG, {"Name": (pos(0), "older"), "StageName": (pos(0), "S")}
+        "Opportunity",
+        "0065g00000AbCdEAAA",
+        ORG,
+        {"Name": (pos(0), "older"), "StageName": (pos(0), "S")},
     )
     assert r2.applied == 1 and r2.stale == 1
     rows = [r async for r in store.export()]
@@ -50,7 +53,9 @@ async def test_delete_keeps_fields_and_columns_follow(store):
         ORG,
         {"Name": (pos(1), "Essay"), "Due_Date__c": (pos(1), "2027-01-15")},
     )
-    await store.apply("Application_Item__c", "a0Y5g000003ItM1EAK", ORG, {DELETED_FIELD: (pos(2), True)})
+    await store.apply(
+        "Application_Item__c", "a0Y5g000003ItM1EAK", ORG, {DELETED_FIELD: (pos(2), True)}
+    )
     (row,) = [r async for r in store.export()]
     assert row["deleted"] is True
     assert row["fields"] == {"Name": "Essay", "Due_Date__c": "2027-01-15"}
@@ -75,7 +80,13 @@ async def test_export_sorts_by_topic_then_id(store):
 
 
 async def test_values_keep_their_json_types(store):
-    fields = {"Amount": 12500.0, "Count__c": 3, "Flag__c": True, "Nested__c": {"a": [1, "x"]}, "Name": None}
+    fields = {
+        "Amount": 12500.0,
+        "Count__c": 3,
+        "Flag__c": True,
+        "Nested__c": {"a": [1, "x"]},
+        "Name": None,
+    }
     await store.apply("Opportunity", "006X", ORG, {k: (pos(1), v) for k, v in fields.items()})
     (row,) = [r async for r in store.export()]
     assert row["fields"] == fields

@@ -70,7 +70,10 @@ def test_multi_record_event_changes_each_record():
         "a0Y5g000003ItM2EAK",
         "a0Y5g000003ItM3EAK",
     ]
-    assert all(c.values == {"Status__c": "Complete", "LastModifiedDate": "2026-11-25T09:52:00.000Z"} for c in changes)
+    assert all(
+        c.values == {"Status__c": "Complete", "LastModifiedDate": "2026-11-25T09:52:00.000Z"}
+        for c in changes
+    )
 
 
 def test_delete_is_a_tombstone_and_create_clears_it():
@@ -110,7 +113,10 @@ def test_position_key_orders_like_the_triple():
         (lambda o: o["payload"].pop("ChangeEventHeader"), "invalid_event"),
         (lambda o: o["payload"]["ChangeEventHeader"].update(changeType="MERGE"), "invalid_event"),
         (lambda o: o["payload"]["ChangeEventHeader"].update(commitTimestamp=-1), "invalid_event"),
-        (lambda o: o["payload"]["ChangeEventHeader"].update(entityName="Account"), "entity_mismatch"),
+        (
+            lambda o: o["payload"]["ChangeEventHeader"].update(entityName="Account"),
+            "entity_mismatch",
+        ),
         (lambda o: o["payload"]["ChangeEventHeader"].update(recordIds=[]), "missing_record_ids"),
         (lambda o: o["payload"]["ChangeEventHeader"].update(recordIds=[""]), "invalid_event"),
     ],
@@ -131,7 +137,9 @@ def test_rejection_reasons_are_a_closed_set():
 
 
 def test_ws_sample_frames():
-    frames = [parse_ws_frame(line) for line in (SAMPLES / "ws-frames.jsonl").read_text().splitlines()]
+    frames = [
+        parse_ws_frame(line) for line in (SAMPLES / "ws-frames.jsonl").read_text().splitlines()
+    ]
     subscribed, events, heartbeat, error = frames
     assert isinstance(subscribed, SubscribedFrame)
     assert subscribed.latest_replay_id == "AAAAAAAAAAM="

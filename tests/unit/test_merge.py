@@ -43,7 +43,9 @@ def test_tombstone_is_positioned_like_a_field():
     current = merge(None, {"Name": (pos(1), "A")}, org_id=ORG).record
     deleted = merge(current, {DELETED_FIELD: (pos(5), True)}, org_id=ORG).record
     assert deleted.deleted and deleted.fields == {"Name": "A"}
-    late_create = merge(deleted, {DELETED_FIELD: (pos(1), False), "Name": (pos(1), "A")}, org_id=ORG)
+    late_create = merge(
+        deleted, {DELETED_FIELD: (pos(1), False), "Name": (pos(1), "A")}, org_id=ORG
+    )
     assert late_create.record.deleted
     undelete = merge(deleted, {DELETED_FIELD: (pos(7), False), "Name": (pos(7), "B")}, org_id=ORG)
     assert not undelete.record.deleted and undelete.record.fields["Name"] == "B"

@@ -83,5 +83,5 @@ def test_token_file_is_reread(tmp_path, monkeypatch):
 def test_missing_token_names_the_variable(monkeypatch):
     monkeypatch.delenv("AMT_PASSPORT_TOKEN", raising=False)
     monkeypatch.delenv("AMT_PASSPORT_TOKEN_FILE", raising=False)
-    with pytest.raises(ConfigError, match="^AMT_PASSPORT_TOKEN"):
+    with pytest.raises(ConfigError, match=r"^AMT_PASSPORT_TOKEN"):
         load_settings().require_token()
