@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     sqs_wait_seconds: int = Field(20, ge=0, le=20)
     sqs_visibility_timeout: int = Field(60, ge=5, le=43_200)
     sqs_max_body_bytes: int = Field(256 * 1024, ge=1024)
+    sqs_receivers_per_queue: int = Field(2, ge=1, le=32)
 
     # AWS (standard names, no prefix)
     aws_endpoint_url: str | None = Field(
@@ -80,6 +81,7 @@ class Settings(BaseSettings):
     job_timeout: float = Field(120.0, gt=0)
     job_max_tries: int = Field(16, ge=1, le=100)
     shutdown_grace: float = Field(20.0, ge=0)
+    max_queued_jobs: int = Field(20_000, ge=1)
     dead_letter_file: Path = Path("./amt_ingest-dead-letters.jsonl")
 
     # Operations

@@ -145,6 +145,8 @@ class Coordinator:
         self.redis = client
         self.queue_name = queue_name
         self.dedup_ttl = dedup_ttl
+        #: arq queue depth as of the last hand-off (read in the same round trip).
+        self.last_queue_depth = 0
         self._ingest = client.register_script(_script("ingest.lua"))
         self._complete = client.register_script(_script("complete.lua"))
         self._reap = client.register_script(_script("reap.lua"))
@@ -191,10 +193,14 @@ class Coordinator:
             keys = [dedup_key(event.event_id)]
             keys.extend(record_key(event.topic, rid) for rid in event.record_ids)
             await self._ingest(keys=keys, args=args, client=pipe)
+        pipe.zcard(self.queue_name)
         try:
             replies = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             raise CoordinationError(f"hand-off to Redis failed: {exc}") from exc
+        depth = replies.pop()
+        if isinstance(depth, int):
+            self.last_queue_depth = depth
         results: list[IngestResult] = []
         for reply in replies:
             if isinstance(reply, Exception):
@@ -352,7 +358,12 @@ class Coordinator:
         return {k.decode(): int(v) for k, v in raw.items()}
 
     async def queue_depth(self) -> int:
-        return int(await _done(self.redis.zcard(self.queue_name)))
+        try:
+            depth = int(await _done(self.redis.zcard(self.queue_name)))
+        except (RedisError, OSError) as exc:
+            raise CoordinationError(f"reading the queue depth failed: {exc}") from exc
+        self.last_queue_depth = depth
+        return depth
 
     async def dead_records(self) -> list[dict[str, Any]]:
         raw = await _done(self.redis.hgetall(DEAD_RECORDS_KEY))

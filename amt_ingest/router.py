@@ -9,6 +9,7 @@ allowed are filtered out and counted, never dead-lettered.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,9 +44,44 @@ def split_by_org(
 
 
 class Router:
-    def __init__(self, coordinator: Coordinator, *, allowed_orgs: Sequence[str] = ()):
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        *,
+        allowed_orgs: Sequence[str] = (),
+        max_queued_jobs: int = 20_000,
+        capacity_poll_s: float = 0.25,
+    ):
         self.coordinator = coordinator
         self.allowed = frozenset(org[:15] for org in allowed_orgs)
+        self.max_queued_jobs = max_queued_jobs
+        self.capacity_poll_s = capacity_poll_s
+        self.paused = False
+
+    async def wait_for_capacity(self, stop: asyncio.Event | None = None) -> None:
+        """Return once the job queue is below its high-water mark.
+
+        Sources call this before taking more input, so that slow workers, a slow
+        database or a down one slow intake down (credits withheld, polling
+        paused) instead of queueing without limit. Returns early once ``stop`` is
+        set; raises :class:`~amt_ingest.errors.CoordinationError` if Redis fails.
+        """
+        if self.coordinator.last_queue_depth < self.max_queued_jobs:
+            return
+        while await self.coordinator.queue_depth() >= self.max_queued_jobs:
+            if stop is not None and stop.is_set():
+                return
+            if not self.paused:
+                self.paused = True
+                log.warning(
+                    "intake_paused",
+                    queued_jobs=self.coordinator.last_queue_depth,
+                    high_water=self.max_queued_jobs,
+                )
+            await asyncio.sleep(self.capacity_poll_s)
+        if self.paused:
+            self.paused = False
+            log.info("intake_resumed", queued_jobs=self.coordinator.last_queue_depth)
 
     async def route(self, events: Sequence[Event], *, path: str) -> RouteReport:
         """Hand a batch off durably; raises :class:`~amt_ingest.errors.CoordinationError`

@@ -76,7 +76,11 @@ async def run_service(
         stack.push_async_callback(store.close)
         await store.ensure_schema()
         coordinator = Coordinator(redis, dedup_ttl=settings.dedup_ttl_seconds)
-        router = Router(coordinator, allowed_orgs=settings.allowed_org_ids)
+        router = Router(
+            coordinator,
+            allowed_orgs=settings.allowed_org_ids,
+            max_queued_jobs=settings.max_queued_jobs,
+        )
 
         tasks: dict[str, asyncio.Task[Any]] = {}
         listener: WebSocketListener | None = None
@@ -106,16 +110,18 @@ async def run_service(
             )
             tasks["websocket"] = asyncio.create_task(listener.run(stop), name="websocket")
             for url in settings.sqs_queue_urls:
-                poller = SqsPoller(
-                    settings,
-                    sqs=sqs,
-                    queue_url=url,
-                    router=router,
-                    coordinator=coordinator,
-                    dead_letters=dead_letters,
-                )
-                pollers.append(poller)
-                tasks[f"sqs:{url}"] = asyncio.create_task(poller.run(stop), name=f"sqs:{url}")
+                for n in range(settings.sqs_receivers_per_queue):
+                    poller = SqsPoller(
+                        settings,
+                        sqs=sqs,
+                        queue_url=url,
+                        router=router,
+                        coordinator=coordinator,
+                        dead_letters=dead_letters,
+                    )
+                    pollers.append(poller)
+                    name = f"sqs:{url}#{n}"
+                    tasks[name] = asyncio.create_task(poller.run(stop), name=name)
 
         arq_worker = None
         if worker:

@@ -71,8 +71,11 @@ class SqsPoller:
         delays = self.delays()
         while not stop.is_set():
             try:
+                await self.router.wait_for_capacity(stop)  # polling pauses while workers lag
+                if stop.is_set():
+                    return
                 messages = await self._receive()
-            except (ClientError, BotoCoreError, OSError) as exc:
+            except (ClientError, BotoCoreError, OSError, CoordinationError) as exc:
                 self.state.consecutive_errors += 1
                 delay = next(delays)
                 self.log.warning("sqs_receive_failed", error=str(exc), retry_in_s=round(delay, 2))

@@ -294,6 +294,9 @@ class WebSocketListener:
     async def _hand_off(self, ws: ClientConnection, frames: asyncio.Queue[EventsFrame]) -> None:
         while True:
             frame = await frames.get()
+            # Credits for this frame are granted only after its hand-off: waiting
+            # here is what stops Passport when the workers fall behind.
+            await self.router.wait_for_capacity()
             events = [item for item in frame.items if isinstance(item, Event)]
             rejected = [item for item in frame.items if isinstance(item, Rejected)]
             for bad in rejected:

@@ -1,0 +1,158 @@
+"""The simulator's options and their command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from amt_ingest.simulator.world import FOREIGN_ORG_ID, MAIN_ORG_ID
+
+__all__ = ["SimulatorOptions", "add_arguments", "options_from_args"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimulatorOptions:
+    """Everything ``python -m amt_ingest simulate`` can be told.
+
+    Rates are per generated event, within [0, 1]. ``port``/``sf_port`` 0 bind
+    a free port (read it from :attr:`Simulator.ws_port` / ``sf_port``).
+    ``events`` 0 generates forever; ``rate`` 0 generates as fast as the
+    consumer paths accept; ``retention`` 0 keeps the whole stream replayable.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    sf_port: int = 8766
+    token: str = "dev-token"
+    token_file: Path | None = None
+    rate: float = 200.0
+    events: int = 0
+    records: int = 300
+    seed: int = 1
+    org_id: str = MAIN_ORG_ID
+    foreign_org_id: str = FOREIGN_ORG_ID
+    dup_rate: float = 0.0
+    ooo_rate: float = 0.0
+    ooo_window: int = 8
+    ws_only_rate: float = 0.0
+    sqs_only_rate: float = 0.0
+    foreign_org_rate: float = 0.0
+    malformed_rate: float = 0.0
+    max_batch: int = 100
+    heartbeat_interval: float = 15.0
+    retention: int = 0
+    page_size: int = 200
+    truth: Path | None = None
+    stats: Path | None = None
+    sqs_queue_urls: tuple[str, ...] = field(default_factory=tuple)
+    sns: bool = True
+    aws_region: str | None = None
+
+    def __post_init__(self) -> None:
+        rates = ("dup_rate", "ooo_rate", "ws_only_rate", "sqs_only_rate")
+        for name in (*rates, "foreign_org_rate", "malformed_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1]")
+        if self.ws_only_rate + self.sqs_only_rate > 1.0:
+            raise ValueError("ws_only_rate + sqs_only_rate must not exceed 1")
+        for name in ("rate", "events", "retention", "heartbeat_interval"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        for name in ("records", "max_batch", "page_size", "ooo_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.heartbeat_interval == 0:
+            raise ValueError("heartbeat_interval must be positive")
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not within [0, 1]")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the simulator's flags on ``parser`` (see :func:`options_from_args`)."""
+    d = SimulatorOptions()
+    net = parser.add_argument_group("endpoints")
+    net.add_argument("--host", default=d.host, help="address to bind (default %(default)s)")
+    net.add_argument("--port", type=int, default=d.port, help="WebSocket port (/stream)")
+    net.add_argument("--sf-port", type=int, default=d.sf_port, help="Salesforce REST port")
+    net.add_argument("--token", default=d.token, help="bearer token clients must send")
+    net.add_argument(
+        "--token-file",
+        type=Path,
+        help="read the token from this file on every request (rotating secrets); wins over --token",
+    )
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--rate", type=float, default=d.rate, help="events/s, 0 = flat out")
+    gen.add_argument("--events", type=int, default=d.events, help="events to generate, 0 = forever")
+    gen.add_argument("--records", type=int, default=d.records, help="main org population")
+    gen.add_argument("--seed", type=int, default=d.seed)
+    gen.add_argument("--org-id", default=d.org_id)
+    gen.add_argument("--foreign-org-id", default=d.foreign_org_id)
+    faults = parser.add_argument_group("delivery faults (probabilities per event)")
+    faults.add_argument("--dup-rate", type=_rate, default=d.dup_rate, help="sent twice on a path")
+    faults.add_argument("--ooo-rate", type=_rate, default=d.ooo_rate, help="delayed on a path")
+    faults.add_argument(
+        "--ooo-window", type=int, default=d.ooo_window, help="max later events that overtake one"
+    )
+    faults.add_argument("--ws-only-rate", type=_rate, default=d.ws_only_rate)
+    faults.add_argument("--sqs-only-rate", type=_rate, default=d.sqs_only_rate)
+    faults.add_argument("--foreign-org-rate", type=_rate, default=d.foreign_org_rate)
+    faults.add_argument("--malformed-rate", type=_rate, default=d.malformed_rate)
+    proto = parser.add_argument_group("protocol")
+    proto.add_argument("--max-batch", type=int, default=d.max_batch, help="events per frame")
+    proto.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval)
+    proto.add_argument(
+        "--retention", type=int, default=d.retention, help="replayable events, 0 = all"
+    )
+    proto.add_argument("--page-size", type=int, default=d.page_size, help="REST query page size")
+    out = parser.add_argument_group("outputs")
+    out.add_argument("--truth", type=Path, help="write the ground truth (JSON lines) here")
+    out.add_argument("--stats", type=Path, help="write generation/delivery stats (JSON) here")
+    aws = parser.add_argument_group("AWS (endpoint and credentials from AWS_* variables)")
+    aws.add_argument(
+        "--sqs-queue-url",
+        action="append",
+        default=[],
+        dest="sqs_queue_urls",
+        help="queue for malformed SQS messages (repeatable)",
+    )
+    aws.add_argument("--no-sns", action="store_true", help="do not publish; everything goes to WS")
+    aws.add_argument("--aws-region", default=None, help="default: AWS_REGION/AWS_DEFAULT_REGION")
+
+
+def options_from_args(ns: argparse.Namespace) -> SimulatorOptions:
+    """Build the options from a namespace parsed with :func:`add_arguments`'s flags."""
+    return SimulatorOptions(
+        host=ns.host,
+        port=ns.port,
+        sf_port=ns.sf_port,
+        token=ns.token,
+        token_file=ns.token_file,
+        rate=ns.rate,
+        events=ns.events,
+        records=ns.records,
+        seed=ns.seed,
+        org_id=ns.org_id,
+        foreign_org_id=ns.foreign_org_id,
+        dup_rate=ns.dup_rate,
+        ooo_rate=ns.ooo_rate,
+        ooo_window=ns.ooo_window,
+        ws_only_rate=ns.ws_only_rate,
+        sqs_only_rate=ns.sqs_only_rate,
+        foreign_org_rate=ns.foreign_org_rate,
+        malformed_rate=ns.malformed_rate,
+        max_batch=ns.max_batch,
+        heartbeat_interval=ns.heartbeat_interval,
+        retention=ns.retention,
+        page_size=ns.page_size,
+        truth=ns.truth,
+        stats=ns.stats,
+        sqs_queue_urls=tuple(ns.sqs_queue_urls),
+        sns=not ns.no_sns,
+        aws_region=ns.aws_region,
+    )

@@ -1,0 +1,983 @@
+"""The simulated Passport org as plain data: seeded events, ground truth, delivery plan.
+
+Nothing here does I/O or touches an event loop; :mod:`.server` drives it.
+
+- :class:`World` generates realistic CDC events (PROTOCOL.md section 1) for the
+  three topics, one at a time, in commit order, and keeps the ground truth:
+  what a correct consumer's store must hold (section 5) after applying every
+  event of the main org in commit order. Events of a *foreign* org are
+  generated from a separate population and are never part of the truth.
+- :class:`DeliveryPlan` decides, per generated event, how it travels: on the
+  WebSocket stream, through SNS, or both; once or twice on each; delayed
+  within a small window on each path independently; and which malformed
+  inputs to interleave. It never changes what happened, only how it is seen.
+
+Both are deterministic for a given seed: the main org's events depend only on
+``seed`` and ``records`` (not on the foreign-org rate or any delivery option),
+and the plan draws from its own random streams.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import random
+import string
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Final, Generic, TypeVar
+
+import orjson
+
+from amt_ingest.events import TOPICS
+
+__all__ = [
+    "CHANGE_ORIGIN",
+    "FOREIGN_ORG_ID",
+    "MAIN_ORG_ID",
+    "START_MS",
+    "Deliveries",
+    "DeliveryPlan",
+    "DeliveryRates",
+    "DeliveryStats",
+    "RecordState",
+    "Reorderer",
+    "World",
+    "WorldStats",
+    "WsBadEvent",
+    "WsEvent",
+    "WsItem",
+    "WsRawFrame",
+    "apply_event",
+    "iso_ms",
+    "parse_iso_ms",
+    "truth_jsonl",
+]
+
+MAIN_ORG_ID: Final = "00D5g000004ZzABEA0"
+FOREIGN_ORG_ID: Final = "00D5g000009XyZQEA0"
+#: 2026-11-25T09:00:00Z, the commit time the simulated history starts from.
+START_MS: Final = 1795597200000
+CHANGE_ORIGIN: Final = "com/salesforce/api/soap/61.0;client=Passport"
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_BASE62: Final = string.digits + string.ascii_uppercase + string.ascii_lowercase
+
+# Share of the population per topic (the rest goes to Application_Item__c).
+_SHARES: Final = {"Opportunity": 0.4, "External_Attachment__c": 0.3}
+# Record id prefix (key prefix + pod) per topic; ids are prefix + 8 base62 chars.
+_MAIN_PREFIX: Final = {
+    "Opportunity": "0065g00000",
+    "External_Attachment__c": "a0X5g00000",
+    "Application_Item__c": "a0Y5g00000",
+}
+_FOREIGN_PREFIX: Final = {
+    "Opportunity": "0067Q00000",
+    "External_Attachment__c": "a0X7Q00000",
+    "Application_Item__c": "a0Y7Q00000",
+}
+
+# Fields an UPDATE may change, with their relative weights.
+_UPDATABLE: Final[dict[str, tuple[tuple[str, int], ...]]] = {
+    "Opportunity": (
+        ("StageName", 6),
+        ("Amount", 3),
+        ("CloseDate", 2),
+        ("Program__c", 1),
+        ("AccountId", 1),
+        ("Name", 1),
+    ),
+    "External_Attachment__c": (
+        ("Status__c", 6),
+        ("File_URL__c", 2),
+        ("Size_Bytes__c", 2),
+        ("Document_Type__c", 1),
+        ("Name", 1),
+    ),
+    "Application_Item__c": (
+        ("Status__c", 6),
+        ("Due_Date__c", 3),
+        ("Notes__c", 3),
+        ("Item_Type__c", 1),
+        ("Name", 1),
+    ),
+}
+# Fields an UPDATE may set to null.
+_NULLABLE: Final[dict[str, frozenset[str]]] = {
+    "Opportunity": frozenset({"Amount", "CloseDate", "Program__c"}),
+    "External_Attachment__c": frozenset({"File_URL__c", "Size_Bytes__c"}),
+    "Application_Item__c": frozenset({"Due_Date__c", "Notes__c"}),
+}
+# Fields a multi-record UPDATE (one value for several records) may change.
+_BULK: Final[dict[str, tuple[str, ...]]] = {
+    "Opportunity": ("StageName", "CloseDate"),
+    "External_Attachment__c": ("Status__c",),
+    "Application_Item__c": ("Status__c", "Due_Date__c"),
+}
+
+_STAGES: Final = ("Started", "Submitted", "Admitted", "Enrolled", "Withdrawn")
+_TERMS: Final = ("Fall 2027", "Spring 2027", "Fall 2028")
+_PROGRAMS: Final = (
+    "MSc Data Science",
+    "MSc Computer Science",
+    "MBA",
+    "MA Economics",
+    "BSc Biology",
+    "MEng Robotics",
+    "LLM International Law",
+    "PhD Physics",
+)
+_SURNAMES: Final = (
+    "Okafor",
+    "Nguyen",
+    "Garcia",
+    "Schmidt",
+    "Kowalski",
+    "Tanaka",
+    "Haddad",
+    "Silva",
+    "Murphy",
+    "Ivanova",
+    "Mensah",
+    "Larsen",
+    "Chen",
+    "Patel",
+    "Rossi",
+)
+_DOC_TYPES: Final = {
+    "Transcript": "Official transcript.pdf",
+    "Passport": "Passport scan.pdf",
+    "CV": "Curriculum vitae.pdf",
+    "Reference Letter": "Reference letter.pdf",
+    "Personal Statement": "Personal statement.docx",
+    "Test Score Report": "Test score report.pdf",
+}
+_DOC_STATUSES: Final = ("Requested", "Received", "Under Review", "Accepted", "Rejected")
+_ITEM_TYPES: Final = (
+    "Reference",
+    "Interview",
+    "Application Fee",
+    "Test Score",
+    "Essay",
+    "Transcript",
+)
+_ITEM_STATUSES: Final = ("Open", "In Progress", "Complete", "Waived")
+_NOTES: Final = (
+    "Reminder sent to referee",
+    "Waived by admissions officer",
+    "Awaiting payment confirmation",
+    "Interview scheduled",
+    "Score report received from testing agency",
+    "Applicant asked for an extension",
+    "Escalated to program director",
+)
+
+_TXN_RATE: Final = 0.12  # share of transactions with more than one change
+_MULTI_RATE: Final = 0.05  # share of changes that are multi-record updates
+_DELETE_RATE: Final = 0.04  # share of changes to a live record that delete it
+_UNDELETE_RATE: Final = 0.35  # chance that picking a deleted record undeletes it
+_NULL_RATE: Final = 0.15  # chance that an updated nullable field becomes null
+
+
+def iso_ms(ms: int) -> str:
+    """Epoch milliseconds as ``2026-11-25T09:49:18.123Z``."""
+    dt = _EPOCH + timedelta(milliseconds=ms)
+    return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+
+
+def parse_iso_ms(text: str) -> int | None:
+    """An ISO-8601 instant (``Z`` or offset; a naive one is UTC) as epoch ms, or None."""
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return (dt - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _uuid4(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+# --- Ground truth ----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RecordState:
+    """A record as a correct store holds it after every event so far.
+
+    ``modstamp_ms`` is the commit time of the last change (its SystemModstamp).
+    """
+
+    topic: str
+    id: str
+    org_id: str
+    deleted: bool
+    fields: dict[str, Any]
+    modstamp_ms: int
+
+    def as_truth(self) -> dict[str, Any]:
+        """The PROTOCOL.md section 5 export line (as an object)."""
+        return {
+            "topic": self.topic,
+            "id": self.id,
+            "org_id": self.org_id,
+            "deleted": self.deleted,
+            "fields": dict(self.fields),
+        }
+
+
+def apply_event(states: dict[tuple[str, str], RecordState], event: dict[str, Any]) -> None:
+    """Apply one event to ``states`` as Salesforce committed it (CDC rules, section 1).
+
+    Events must be applied in commit order; this function does not look at
+    positions. GAP events carry no content and leave the fields unchanged.
+    """
+    topic: str = event["topic"]
+    payload: dict[str, Any] = event["payload"]
+    header: dict[str, Any] = payload["ChangeEventHeader"]
+    change = header["changeType"]
+    values = {k: v for k, v in payload.items() if k != "ChangeEventHeader"}
+    for name in header.get("nulledFields", []):
+        values.setdefault(name, None)
+    for record_id in dict.fromkeys(header["recordIds"]):
+        state = states.get((topic, record_id))
+        if state is None:
+            state = RecordState(topic, record_id, event["org_id"], False, {}, 0)
+            states[(topic, record_id)] = state
+        if change in ("CREATE", "UNDELETE"):
+            state.fields.update(values)
+            state.deleted = False
+        elif change == "UPDATE":
+            state.fields.update(values)
+        elif change == "DELETE":
+            state.deleted = True
+        state.modstamp_ms = header["commitTimestamp"]
+
+
+def truth_jsonl(records: list[dict[str, Any]]) -> bytes:
+    """Truth records as JSON lines (one object per line, trailing newline)."""
+    return b"".join(orjson.dumps(r) + b"\n" for r in records)
+
+
+# --- Event generation ------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Slot:
+    """A record as Salesforce holds it (including null fields)."""
+
+    topic: str
+    id: str
+    created: bool = False
+    deleted: bool = False
+    values: dict[str, Any] = field(default_factory=dict)
+    version: int = 1
+
+
+@dataclass(slots=True)
+class _Txn:
+    key: str
+    commit_ms: int
+    commit_number: int
+    user: str
+    sequence: int = 0
+
+
+class _Org:
+    """One org's record population and commit clock."""
+
+    def __init__(
+        self,
+        rng: random.Random,
+        org_id: str,
+        records: int,
+        prefixes: dict[str, str],
+        start_ms: int,
+        mean_spacing_ms: float,
+    ) -> None:
+        if records < 1:
+            raise ValueError("records must be at least 1")
+        self.rng = rng
+        self.org_id = org_id
+        self._clock_ms = start_ms
+        self._mean_spacing = mean_spacing_ms
+        self._commit_number = 74487681000
+        self._users = [f"0055g00000{self._alnum(8)}" for _ in range(5)]
+        self._programs = [f"a0B5g00000{self._alnum(8)}" for _ in _PROGRAMS]
+        self._accounts = [f"0015g00000{self._alnum(8)}" for _ in range(max(3, records // 4))]
+        n_opp = max(1, round(records * _SHARES["Opportunity"]))
+        n_att = min(records - n_opp, round(records * _SHARES["External_Attachment__c"]))
+        counts = {
+            "Opportunity": n_opp,
+            "External_Attachment__c": n_att,
+            "Application_Item__c": records - n_opp - n_att,
+        }
+        seen: set[str] = set()
+        self.slots: list[_Slot] = []
+        self.by_topic: dict[str, list[_Slot]] = {t: [] for t in TOPICS}
+        for topic in TOPICS:
+            for _ in range(counts[topic]):
+                record_id = prefixes[topic] + self._alnum(8)
+                while record_id in seen:
+                    record_id = prefixes[topic] + self._alnum(8)
+                seen.add(record_id)
+                slot = _Slot(topic, record_id)
+                self.slots.append(slot)
+                self.by_topic[topic].append(slot)
+
+    def _alnum(self, n: int) -> str:
+        return "".join(self.rng.choice(_BASE62) for _ in range(n))
+
+    # -- transactions
+
+    def next_transaction(self) -> list[dict[str, Any]]:
+        """The events of the next transaction, in sequence order, applied to the slots."""
+        rng = self.rng
+        self._clock_ms += max(1, round(rng.expovariate(1.0 / self._mean_spacing)))
+        self._commit_number += rng.randint(1, 60)
+        txn = _Txn(_uuid4(rng), self._clock_ms, self._commit_number, rng.choice(self._users))
+        size = rng.randint(2, 3) if rng.random() < _TXN_RATE else 1
+        return [self._change(txn) for _ in range(size)]
+
+    def _change(self, txn: _Txn) -> dict[str, Any]:
+        rng = self.rng
+        txn.sequence += 1
+        if rng.random() < _MULTI_RATE:
+            event = self._multi_update(txn)
+            if event is not None:
+                return event
+        slot = rng.choice(self.slots)
+        if slot.deleted and rng.random() >= _UNDELETE_RATE:
+            # Never touch a deleted record except to undelete it: pick another.
+            for _ in range(20):
+                other = rng.choice(self.slots)
+                if not other.deleted:
+                    slot = other
+                    break
+        if not slot.created:
+            return self._create(txn, slot)
+        if slot.deleted:
+            return self._undelete(txn, slot)
+        if rng.random() < _DELETE_RATE:
+            return self._delete(txn, slot)
+        return self._update(txn, slot)
+
+    def _event(
+        self,
+        txn: _Txn,
+        topic: str,
+        record_ids: list[str],
+        change: str,
+        fields: dict[str, Any],
+        *,
+        changed: list[str] | None = None,
+        nulled: list[str] | None = None,
+    ) -> dict[str, Any]:
+        header = {
+            "entityName": topic,
+            "recordIds": record_ids,
+            "changeType": change,
+            "changeOrigin": CHANGE_ORIGIN,
+            "transactionKey": txn.key,
+            "sequenceNumber": txn.sequence,
+            "commitTimestamp": txn.commit_ms,
+            "commitNumber": txn.commit_number,
+            "commitUser": txn.user,
+            "changedFields": changed or [],
+            "nulledFields": nulled or [],
+            "diffFields": [],
+        }
+        return {
+            "event_id": _uuid4(self.rng),
+            "org_id": self.org_id,
+            "topic": topic,
+            "payload": {"ChangeEventHeader": header, **fields},
+        }
+
+    def _create(self, txn: _Txn, slot: _Slot) -> dict[str, Any]:
+        now = iso_ms(txn.commit_ms)
+        slot.values = self._initial_values(slot)
+        slot.values["CreatedDate"] = now
+        slot.values["LastModifiedDate"] = now
+        slot.created = True
+        fields = {k: v for k, v in slot.values.items() if v is not None}
+        return self._event(txn, slot.topic, [slot.id], "CREATE", fields)
+
+    def _undelete(self, txn: _Txn, slot: _Slot) -> dict[str, Any]:
+        slot.values["LastModifiedDate"] = iso_ms(txn.commit_ms)
+        slot.deleted = False
+        fields = {k: v for k, v in slot.values.items() if v is not None}
+        return self._event(txn, slot.topic, [slot.id], "UNDELETE", fields)
+
+    def _delete(self, txn: _Txn, slot: _Slot) -> dict[str, Any]:
+        slot.deleted = True
+        return self._event(txn, slot.topic, [slot.id], "DELETE", {})
+
+    def _update(self, txn: _Txn, slot: _Slot) -> dict[str, Any]:
+        rng = self.rng
+        names, weights = zip(*_UPDATABLE[slot.topic], strict=True)
+        wanted = dict.fromkeys(rng.choices(names, weights, k=rng.randint(1, 3)))
+        values: dict[str, Any] = {}
+        for name in wanted:
+            value = self._new_value(slot, name)
+            if value != slot.values.get(name):
+                values[name] = value
+        return self._apply_update(txn, slot.topic, [slot], values)
+
+    def _multi_update(self, txn: _Txn) -> dict[str, Any] | None:
+        rng = self.rng
+        topic = rng.choice(TOPICS)
+        pool = self.by_topic[topic]
+        want = rng.randint(2, 4)
+        chosen: dict[str, _Slot] = {}
+        for _ in range(30):
+            if len(chosen) == want or not pool:
+                break
+            slot = rng.choice(pool)
+            if slot.created and not slot.deleted:
+                chosen[slot.id] = slot
+        if len(chosen) < 2:
+            return None
+        slots = list(chosen.values())
+        bulk = _BULK[topic]
+        names = rng.sample(bulk, rng.randint(1, len(bulk)))
+        values = {name: self._new_value(slots[0], name) for name in names}
+        return self._apply_update(txn, topic, slots, values)
+
+    def _apply_update(
+        self, txn: _Txn, topic: str, slots: list[_Slot], values: dict[str, Any]
+    ) -> dict[str, Any]:
+        values["LastModifiedDate"] = iso_ms(txn.commit_ms)
+        for slot in slots:
+            slot.values.update(values)
+        nulled = [name for name, value in values.items() if value is None]
+        return self._event(
+            txn,
+            topic,
+            [s.id for s in slots],
+            "UPDATE",
+            values,
+            changed=list(values),
+            nulled=nulled,
+        )
+
+    # -- field values
+
+    def _parent(self) -> str:
+        pool = self.by_topic["Opportunity"]
+        for _ in range(10):
+            slot = self.rng.choice(pool)
+            if slot.created and not slot.deleted:
+                return slot.id
+        return self.rng.choice(pool).id
+
+    def _date(self, first: date, days: int) -> str:
+        return (first + timedelta(days=self.rng.randrange(days))).isoformat()
+
+    def _initial_values(self, slot: _Slot) -> dict[str, Any]:
+        rng = self.rng
+        if slot.topic == "Opportunity":
+            program = rng.randrange(len(_PROGRAMS))
+            name = (
+                f"{rng.choice(_TERMS)} - {_PROGRAMS[program]} - "
+                f"{rng.choice(string.ascii_uppercase)}. {rng.choice(_SURNAMES)}"
+            )
+            return {
+                "Name": name,
+                "StageName": "Started",
+                "CloseDate": self._date(date(2027, 1, 1), 365),
+                "AccountId": rng.choice(self._accounts),
+                "Amount": self._new_value(slot, "Amount") if rng.random() < 0.6 else None,
+                "Program__c": self._programs[program],
+            }
+        if slot.topic == "External_Attachment__c":
+            doc_type = rng.choice(list(_DOC_TYPES))
+            return {
+                "Name": _DOC_TYPES[doc_type],
+                "Opportunity__c": self._parent(),
+                "Document_Type__c": doc_type,
+                "File_URL__c": f"https://files.example.edu/passport/{slot.id}/v1",
+                "Status__c": "Requested",
+                "Size_Bytes__c": self._new_value(slot, "Size_Bytes__c"),
+            }
+        item_type = rng.choice(_ITEM_TYPES)
+        return {
+            "Name": f"{item_type} {rng.randint(1, 3)}",
+            "Opportunity__c": self._parent(),
+            "Item_Type__c": item_type,
+            "Status__c": "Open",
+            "Due_Date__c": self._date(date(2026, 12, 1), 180),
+            "Notes__c": rng.choice(_NOTES) if rng.random() < 0.3 else None,
+        }
+
+    def _new_value(self, slot: _Slot, name: str) -> Any:
+        rng = self.rng
+        if name in _NULLABLE[slot.topic] and rng.random() < _NULL_RATE:
+            return None
+        match name:
+            case "StageName":
+                return rng.choice(_STAGES)
+            case "Amount":
+                return float(rng.randrange(5000, 45001, 250))
+            case "CloseDate":
+                return self._date(date(2027, 1, 1), 365)
+            case "Program__c":
+                return rng.choice(self._programs)
+            case "AccountId":
+                return rng.choice(self._accounts)
+            case "Name" if slot.topic == "Opportunity":
+                return (
+                    f"{rng.choice(_TERMS)} - {rng.choice(_PROGRAMS)} - "
+                    f"{rng.choice(string.ascii_uppercase)}. {rng.choice(_SURNAMES)}"
+                )
+            case "Name" if slot.topic == "External_Attachment__c":
+                return rng.choice(list(_DOC_TYPES.values()))
+            case "Name":
+                return f"{rng.choice(_ITEM_TYPES)} {rng.randint(1, 3)}"
+            case "Document_Type__c":
+                return rng.choice(list(_DOC_TYPES))
+            case "File_URL__c":
+                slot.version += 1
+                return f"https://files.example.edu/passport/{slot.id}/v{slot.version}"
+            case "Size_Bytes__c":
+                return rng.randint(20_000, 5_000_000)
+            case "Status__c" if slot.topic == "External_Attachment__c":
+                return rng.choice(_DOC_STATUSES)
+            case "Status__c":
+                return rng.choice(_ITEM_STATUSES)
+            case "Item_Type__c":
+                return rng.choice(_ITEM_TYPES)
+            case "Due_Date__c":
+                return self._date(date(2026, 12, 1), 180)
+            case "Notes__c":
+                return rng.choice(_NOTES)
+        raise AssertionError(f"no generator for {slot.topic}.{name}")
+
+
+@dataclass(slots=True)
+class WorldStats:
+    """What the World generated. Topic and change-type counts cover the main org only."""
+
+    events: int = 0
+    transactions: int = 0
+    by_topic: Counter[str] = field(default_factory=Counter)
+    by_change_type: Counter[str] = field(default_factory=Counter)
+    by_topic_and_change_type: Counter[tuple[str, str]] = field(default_factory=Counter)
+    multi_record_events: int = 0
+    foreign_org_events: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        nested: dict[str, dict[str, int]] = {}
+        for (topic, change), n in sorted(self.by_topic_and_change_type.items()):
+            nested.setdefault(topic, {})[change] = n
+        return {
+            "events": self.events,
+            "main_org_events": self.events - self.foreign_org_events,
+            "foreign_org_events": self.foreign_org_events,
+            "transactions": self.transactions,
+            "multi_record_events": self.multi_record_events,
+            "by_topic": dict(sorted(self.by_topic.items())),
+            "by_change_type": dict(sorted(self.by_change_type.items())),
+            "by_topic_and_change_type": nested,
+        }
+
+
+class World:
+    """A seeded Passport org: events in commit order plus the ground truth.
+
+    ``records`` is the size of the main org's population (40% Opportunity,
+    30% External_Attachment__c, 30% Application_Item__c); records are created
+    as they are first picked. With ``foreign_org_rate`` > 0 that share of the
+    events comes from a second org (``foreign_org_id``) with its own records,
+    which the truth leaves out.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        records: int,
+        org_id: str = MAIN_ORG_ID,
+        *,
+        foreign_org_rate: float = 0.0,
+        foreign_org_id: str = FOREIGN_ORG_ID,
+        foreign_records: int | None = None,
+        start_ms: int = START_MS,
+        mean_spacing_ms: float = 250.0,
+    ) -> None:
+        if not 0.0 <= foreign_org_rate <= 1.0:
+            raise ValueError("foreign_org_rate must be within [0, 1]")
+        if foreign_org_id == org_id:
+            raise ValueError("the foreign org must differ from the main org")
+        self.org_id = org_id
+        self.foreign_org_id = foreign_org_id
+        self._foreign_rate = foreign_org_rate
+        self._main = _Org(
+            random.Random(f"amt-sim:{seed}:main"),
+            org_id,
+            records,
+            _MAIN_PREFIX,
+            start_ms,
+            mean_spacing_ms,
+        )
+        self._foreign = _Org(
+            random.Random(f"amt-sim:{seed}:foreign"),
+            foreign_org_id,
+            foreign_records or max(3, records // 5),
+            _FOREIGN_PREFIX,
+            start_ms,
+            mean_spacing_ms * 4,
+        )
+        self._org_rng = random.Random(f"amt-sim:{seed}:org-choice")
+        self._pending: list[dict[str, Any]] = []
+        self._states: dict[tuple[str, str], RecordState] = {}
+        self.stats = WorldStats()
+
+    def next_event(self) -> dict[str, Any]:
+        """The next event, shaped as PROTOCOL.md section 1 without ``replay_id``.
+
+        The returned object belongs to the caller (the World keeps no reference).
+        """
+        if not self._pending:
+            foreign = self._foreign_rate > 0 and self._org_rng.random() < self._foreign_rate
+            org = self._foreign if foreign else self._main
+            self._pending = org.next_transaction()
+            self._pending.reverse()
+            self.stats.transactions += 1
+        event = self._pending.pop()
+        self._account(event)
+        return event
+
+    def _account(self, event: dict[str, Any]) -> None:
+        stats = self.stats
+        stats.events += 1
+        if event["org_id"] != self.org_id:
+            stats.foreign_org_events += 1
+            return
+        header = event["payload"]["ChangeEventHeader"]
+        topic, change = event["topic"], header["changeType"]
+        stats.by_topic[topic] += 1
+        stats.by_change_type[change] += 1
+        stats.by_topic_and_change_type[(topic, change)] += 1
+        if len(header["recordIds"]) > 1:
+            stats.multi_record_events += 1
+        apply_event(self._states, event)
+
+    # -- the truth
+
+    def truth(self) -> list[dict[str, Any]]:
+        """Every main-org record that received an event, sorted by topic then id."""
+        return [self._states[key].as_truth() for key in sorted(self._states)]
+
+    def record(self, topic: str, record_id: str) -> RecordState | None:
+        """The record's true current state (deleted ones included), or None if unseen."""
+        return self._states.get((topic, record_id))
+
+    def modified_since(self, topic: str, since_ms: int) -> list[RecordState]:
+        """Live records of ``topic`` whose last change committed at or after ``since_ms``,
+        oldest change first (like ``SELECT Id ... WHERE SystemModstamp >= ...``)."""
+        found = [
+            s
+            for (t, _), s in self._states.items()
+            if t == topic and not s.deleted and s.modstamp_ms >= since_ms
+        ]
+        found.sort(key=lambda s: (s.modstamp_ms, s.id))
+        return found
+
+
+# --- Delivery ----------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class Reorderer(Generic[T]):
+    """Delays items within a window of later items on one path.
+
+    With probability ``rate`` a pushed item is held until 1..``window`` later
+    items have been pushed; :meth:`flush` releases whatever is still held.
+    """
+
+    def __init__(self, rng: random.Random, rate: float, window: int) -> None:
+        self._rng = rng
+        self._rate = rate
+        self._window = max(1, window)
+        self._tick = 0
+        self._seq = 0
+        self._held: list[tuple[int, int, T]] = []
+        self.delayed = 0
+
+    def push(self, item: T, *, delay: int | None = None) -> list[T]:
+        """Push one item; returns the items released now, in delivery order.
+
+        ``delay`` forces a hold of that many later items (0 releases at once).
+        """
+        self._tick += 1
+        if delay is None:
+            delay = 0
+            if self._rate > 0 and self._rng.random() < self._rate:
+                delay = self._rng.randint(1, self._window)
+                self.delayed += 1
+        out: list[T] = []
+        if delay > 0:
+            heapq.heappush(self._held, (self._tick + delay, self._seq, item))
+            self._seq += 1
+        else:
+            out.append(item)
+        while self._held and self._held[0][0] <= self._tick:
+            out.append(heapq.heappop(self._held)[2])
+        return out
+
+    def flush(self) -> list[T]:
+        out = [entry[2] for entry in sorted(self._held)]
+        self._held.clear()
+        return out
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
+@dataclass(frozen=True, slots=True)
+class WsEvent:
+    """A valid event for the WebSocket stream (it gets a replay id there)."""
+
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WsBadEvent:
+    """A malformed event object: sent inside an ``events`` frame to every subscriber."""
+
+    obj: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WsRawFrame:
+    """A malformed whole frame, sent as this text."""
+
+    text: str
+
+
+WsItem = WsEvent | WsBadEvent | WsRawFrame
+
+
+@dataclass(slots=True)
+class Deliveries:
+    """What to send now: appended to the stream, published to SNS, sent raw to SQS."""
+
+    ws: list[WsItem] = field(default_factory=list)
+    sns: list[dict[str, Any]] = field(default_factory=list)
+    sqs_raw: list[str] = field(default_factory=list)
+
+    def extend(self, other: Deliveries) -> None:
+        self.ws.extend(other.ws)
+        self.sns.extend(other.sns)
+        self.sqs_raw.extend(other.sqs_raw)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryRates:
+    """Per-event probabilities. ``ws_only_rate + sqs_only_rate`` must not exceed 1.
+
+    Without SNS (``sns=False``) every event goes to the WebSocket stream.
+    Malformed SQS bodies are planned only with ``malformed_sqs=True`` (a queue
+    to send them to exists).
+    """
+
+    dup_rate: float = 0.0
+    ooo_rate: float = 0.0
+    ooo_window: int = 8
+    ws_only_rate: float = 0.0
+    sqs_only_rate: float = 0.0
+    malformed_rate: float = 0.0
+    sns: bool = True
+    malformed_sqs: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("dup_rate", "ooo_rate", "ws_only_rate", "sqs_only_rate", "malformed_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1]")
+        if self.ws_only_rate + self.sqs_only_rate > 1.0:
+            raise ValueError("ws_only_rate + sqs_only_rate must not exceed 1")
+        if self.ooo_window < 1:
+            raise ValueError("ooo_window must be at least 1")
+
+
+@dataclass(slots=True)
+class DeliveryStats:
+    routed: int = 0
+    ws_only: int = 0
+    sqs_only: int = 0
+    both: int = 0
+    ws_entries: int = 0
+    sns_publishes: int = 0
+    ws_duplicates: int = 0
+    sns_duplicates: int = 0
+    ws_delayed: int = 0
+    sns_delayed: int = 0
+    malformed_ws: int = 0
+    malformed_sqs: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+class DeliveryPlan:
+    """Decides how each generated event reaches the consumer (pure, seeded)."""
+
+    def __init__(self, seed: int, rates: DeliveryRates) -> None:
+        self.rates = rates
+        self._rng = random.Random(f"amt-sim:{seed}:route")
+        self._bad_rng = random.Random(f"amt-sim:{seed}:malformed")
+        self._ws: Reorderer[WsItem] = Reorderer(
+            random.Random(f"amt-sim:{seed}:ws-order"), rates.ooo_rate, rates.ooo_window
+        )
+        self._sns: Reorderer[dict[str, Any]] = Reorderer(
+            random.Random(f"amt-sim:{seed}:sns-order"), rates.ooo_rate, rates.ooo_window
+        )
+        self.stats = DeliveryStats()
+
+    def route(self, event: dict[str, Any]) -> Deliveries:
+        """Where ``event`` goes, plus anything released or injected now."""
+        rates, rng, stats = self.rates, self._rng, self.stats
+        stats.routed += 1
+        on_ws, on_sns = True, rates.sns
+        if rates.sns:
+            draw = rng.random()
+            if draw < rates.ws_only_rate:
+                on_sns = False
+                stats.ws_only += 1
+            elif draw < rates.ws_only_rate + rates.sqs_only_rate:
+                on_ws = False
+                stats.sqs_only += 1
+            else:
+                stats.both += 1
+        out = Deliveries()
+        if on_ws:
+            out.ws.extend(self._ws.push(WsEvent(event)))
+            stats.ws_entries += 1
+            if rates.dup_rate > 0 and rng.random() < rates.dup_rate:
+                later = rng.randint(0, rates.ooo_window)
+                out.ws.extend(self._ws.push(WsEvent(event), delay=later))
+                stats.ws_entries += 1
+                stats.ws_duplicates += 1
+        if on_sns:
+            out.sns.extend(self._sns.push(event))
+            stats.sns_publishes += 1
+            if rates.dup_rate > 0 and rng.random() < rates.dup_rate:
+                later = rng.randint(0, rates.ooo_window)
+                out.sns.extend(self._sns.push(event, delay=later))
+                stats.sns_publishes += 1
+                stats.sns_duplicates += 1
+        stats.ws_delayed, stats.sns_delayed = self._ws.delayed, self._sns.delayed
+        if rates.malformed_rate > 0:
+            bad = self._bad_rng
+            if bad.random() < rates.malformed_rate:
+                out.ws.append(malformed_ws_item(bad))
+                stats.malformed_ws += 1
+            if rates.malformed_sqs and bad.random() < rates.malformed_rate:
+                out.sqs_raw.append(malformed_sqs_body(bad))
+                stats.malformed_sqs += 1
+        return out
+
+    def flush(self) -> Deliveries:
+        """Release everything still held back (at the end of a run)."""
+        return Deliveries(ws=self._ws.flush(), sns=self._sns.flush())
+
+    @property
+    def held(self) -> int:
+        return len(self._ws) + len(self._sns)
+
+
+# --- Malformed inputs --------------------------------------------------------------
+
+
+def _lead_event(rng: random.Random) -> dict[str, Any]:
+    return {
+        "event_id": _uuid4(rng),
+        "org_id": MAIN_ORG_ID,
+        "topic": "Lead",
+        "payload": {
+            "ChangeEventHeader": {
+                "entityName": "Lead",
+                "recordIds": ["00Q5g00000" + "".join(rng.choice(_BASE62) for _ in range(8))],
+                "changeType": "UPDATE",
+                "changeOrigin": CHANGE_ORIGIN,
+                "transactionKey": _uuid4(rng),
+                "sequenceNumber": 1,
+                "commitTimestamp": START_MS,
+                "commitNumber": 1,
+                "commitUser": "0055g000001hv4SAAQ",
+                "changedFields": ["Status"],
+                "nulledFields": [],
+                "diffFields": [],
+            },
+            "Status": "Working",
+        },
+    }
+
+
+def _bad_id_event(rng: random.Random) -> dict[str, Any]:
+    return {"event_id": "not-a-uuid", "org_id": "00D", "topic": "Opportunity", "payload": {}}
+
+
+def _no_record_ids_event(rng: random.Random) -> dict[str, Any]:
+    event = _lead_event(rng)
+    event["topic"] = "Application_Item__c"
+    header = event["payload"]["ChangeEventHeader"]
+    header["entityName"] = "Application_Item__c"
+    header["recordIds"] = []
+    return event
+
+
+def malformed_ws_item(rng: random.Random) -> WsItem:
+    """One malformed WebSocket item, as in tests/samples/ws-frames-malformed.jsonl."""
+    kind = rng.randrange(7)
+    if kind == 0:
+        return WsRawFrame("{")
+    if kind == 1:
+        return WsRawFrame('{"type":"mystery"}')
+    if kind == 2:
+        return WsRawFrame(rng.choice(["null", "[]", ""]))
+    if kind == 3:
+        return WsBadEvent(_bad_id_event(rng))
+    if kind == 4:
+        return WsBadEvent(_no_record_ids_event(rng))
+    return WsBadEvent(_lead_event(rng))
+
+
+def malformed_sqs_body(rng: random.Random) -> str:
+    """One malformed SQS message body (none of them is a valid event)."""
+    kind = rng.randrange(6)
+    if kind == 0:
+        return "this is not JSON"
+    if kind == 1:
+        return "[]"
+    envelope: dict[str, Any] = {
+        "Type": "Notification",
+        "MessageId": _uuid4(rng),
+        "TopicArn": "arn:aws:sns:us-east-1:123456789012:passport-opportunity",
+        "Timestamp": iso_ms(START_MS),
+    }
+    if kind == 2:
+        envelope["Message"] = '{"event_id": "7d7c3c1e-2b2f-4d69'
+    elif kind == 3:
+        envelope["Type"] = "SubscriptionConfirmation"
+        envelope["Message"] = "You have chosen to subscribe to the topic."
+    elif kind == 4:
+        return orjson.dumps(_lead_event(rng)).decode()
+    else:
+        # A readable event whose attributes contradict it.
+        event = _lead_event(rng)
+        event["topic"] = "Opportunity"
+        header = event["payload"]["ChangeEventHeader"]
+        header["entityName"] = "Opportunity"
+        header["recordIds"] = ["006" + "5g0000Zz" + "".join(rng.choice(_BASE62) for _ in range(7))]
+        envelope["Message"] = orjson.dumps(event).decode()
+        envelope["MessageAttributes"] = {
+            "event_type": {"Type": "String", "Value": "Application_Item__c"},
+            "org_id": {"Type": "String", "Value": MAIN_ORG_ID},
+        }
+    return orjson.dumps(envelope).decode()
