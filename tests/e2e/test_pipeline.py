@@ -161,7 +161,7 @@ def test_both_paths_converge_to_ground_truth(database, aws_env, redis_url, tmp_p
                 "--records",
                 str(RECORDS),
                 "--rate",
-                "400",
+                str(RATE),
                 "--seed",
                 "11",
                 "--dup-rate",
