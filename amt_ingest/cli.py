@@ -79,6 +79,16 @@ def _parser() -> argparse.ArgumentParser:
         help="json (default) or env: an AMT_SQS_QUEUE_URLS=... line",
     )
 
+    throttle = sub.add_parser(
+        "throttle",
+        help="pause, slow down or resume every record job's retries at once",
+        description="Set the retry throttle that every worker reads: `pause` holds all "
+        "retries, `slow FACTOR` stretches each retry's delay, `resume` lifts it, `status` "
+        "shows it. Held retries are not used up.",
+    )
+    throttle.add_argument("action", choices=("pause", "slow", "resume", "status"))
+    throttle.add_argument("factor", nargs="?", type=float, help="with slow: the stretch, > 1")
+
     export = sub.add_parser(
         "export",
         help="print every stored record as JSON lines, sorted by topic and id",
@@ -132,6 +142,38 @@ async def _export(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _throttle(settings: Settings, args: argparse.Namespace) -> int:
+    import redis.asyncio as aioredis
+
+    from .coordination import Coordinator
+
+    if args.action == "slow" and (args.factor is None or args.factor <= 1):
+        print(
+            "amt_ingest: throttle slow needs a FACTOR above 1, e.g. `throttle slow 4`",
+            file=sys.stderr,
+        )
+        return 2
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        coordinator = Coordinator(client, dedup_ttl=settings.dedup_ttl_seconds)
+        if args.action == "pause":
+            await coordinator.set_throttle("pause")
+        elif args.action == "slow":
+            await coordinator.set_throttle("slow", args.factor)
+        elif args.action == "resume":
+            await coordinator.set_throttle(None)
+        mode, factor = await coordinator.throttle()
+    finally:
+        await client.aclose()
+    if mode is None:
+        print("retries: normal")
+    elif mode == "slow":
+        print(f"retries: slowed x{factor:g}")
+    else:
+        print("retries: paused")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "run"
@@ -156,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_bootstrap(settings, args))
         if command == "export":
             return asyncio.run(_export(settings, args))
+        if command == "throttle":
+            return asyncio.run(_throttle(settings, args))
     except ConfigError as exc:
         print(f"amt_ingest: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -33,7 +33,7 @@ local t = redis.call('TIME')
 local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
 local job_id = 'r:' .. redis.call('INCR', 'amt:jobseq')
 redis.call('HSET', rec, 'job', job_id)
-redis.call('HDEL', rec, 'fail')
+redis.call('HDEL', rec, 'fail', 'failed_at', 'retry_delay')
 redis.call('PSETEX', 'arq:job:' .. job_id, ARGV[4],
   '{"t":null,"f":' .. cjson.encode(ARGV[5]) .. ',"a":' .. cjson.encode({ARGV[6], ARGV[7]}) ..
   ',"k":{},"et":' .. now .. '}')

@@ -5,11 +5,13 @@ Keys:
 
 - ``amt:evt:<event_id>``            dedup record (first path, first time, trace context, paths seen)
 - ``amt:rec:<topic>:<record_id>``   pending changes ``f:<field>`` = position + JSON value,
-                                    ``job`` (owning job id), ``ver`` (change counter), ``org``
+                                    ``job`` (owning job id), ``ver`` (change counter), ``org``,
+                                    ``fail``/``failed_at``/``retry_delay`` while retrying
 - ``amt:lease:<topic>:<record_id>``  the run of the owning job that works on it (expires)
 - ``amt:jobseq``                    source of fresh job ids
 - ``arq:job:<id>``, ``amt:queue``   arq's job payloads and queue, written by the scripts
 - ``amt:cursor:<name>``             WebSocket resume point
+- ``amt:throttle``                  the operator's retry throttle (mode, factor)
 - ``amt:stats``                     counters (``<kind>:<path>:<topic>`` and reasons)
 - ``amt:dead:records``              dead-lettered records (hash: ``<topic>:<id>`` -> JSON)
 
@@ -48,6 +50,7 @@ QUEUE_NAME: Final = "amt:queue"
 JOB_FUNCTION: Final = "apply_record"
 REREAD_FIELD: Final = "__reread__"
 STATS_KEY: Final = "amt:stats"
+THROTTLE_KEY: Final = "amt:throttle"
 DEAD_RECORDS_KEY: Final = "amt:dead:records"
 JOB_TTL_MS: Final = 72 * 3600 * 1000  # longer than the 15-retry schedule (about 36 h)
 
@@ -125,6 +128,9 @@ class PendingRecord:
     entries: dict[bytes, bytes]
     changes: dict[str, tuple[str, Any]]
     token: str
+    failures: int = 0
+    failed_at_ms: int = 0
+    retry_delay_s: float = 0.0
 
 
 def _decode_pending(raw: Mapping[bytes, bytes]) -> dict[str, tuple[str, Any]]:
@@ -262,7 +268,40 @@ class Coordinator:
             entries={k: v for k, v in raw.items() if k.startswith(b"f:")},
             changes=_decode_pending(raw),
             token=token,
+            failures=int(raw.get(b"fail", b"0")),
+            failed_at_ms=int(raw.get(b"failed_at", b"0")),
+            retry_delay_s=float(raw.get(b"retry_delay", b"0")),
         )
+
+    async def record_failure(self, record: PendingRecord, *, retry_delay_s: float) -> int:
+        """Count a failed run of the record's job; returns the failures so far."""
+        key = record_key(record.topic, record.record_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hincrby(key, "fail", 1)
+        pipe.hset(
+            key,
+            mapping={"failed_at": int(time.time() * 1000), "retry_delay": retry_delay_s},
+        )
+        try:
+            failures, _ = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise CoordinationError(f"counting a failure of {record.record_id}: {exc}") from exc
+        return int(failures)
+
+    async def throttle(self) -> tuple[str | None, float]:
+        """The operator's retry throttle: ``(mode, factor)``; mode is None, pause or slow."""
+        try:
+            raw = await _done(self.redis.hgetall(THROTTLE_KEY))
+        except (RedisError, OSError) as exc:
+            raise CoordinationError(f"reading the throttle: {exc}") from exc
+        mode = raw.get(b"mode")
+        return (mode.decode() if mode else None), float(raw.get(b"factor", b"1"))
+
+    async def set_throttle(self, mode: str | None, factor: float = 1.0) -> None:
+        if mode is None:
+            await _done(self.redis.delete(THROTTLE_KEY))
+        else:
+            await _done(self.redis.hset(THROTTLE_KEY, mapping={"mode": mode, "factor": factor}))
 
     async def release_lease(self, record: PendingRecord) -> None:
         """End a run that will not complete (it failed and retries later)."""

