@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck check clean
+.PHONY: install run test lint typecheck check clean chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,8 @@ check: lint typecheck test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .local
+
+## chaos: randomized faults (SIGKILL, SIGTERM, Redis restarts) on three seeds; CHAOS_SECONDS each
+CHAOS_SECONDS ?= 150
+chaos: $(STAMP)
+	for seed in 1 2 3; do $(BIN)/python -m tests.chaos.harness --duration $(CHAOS_SECONDS) --seed $$seed || exit 1; done

@@ -58,9 +58,13 @@ JOB_TTL_MS: Final = 72 * 3600 * 1000  # longer than the 15-retry schedule (about
 T = TypeVar("T")
 
 
-async def _done(result: Awaitable[T] | T) -> T:
-    """Await a redis-py asyncio reply (its stubs type replies as ``Awaitable[T] | T``)."""
-    return await result if inspect.isawaitable(result) else result
+async def _done(result: Awaitable[T] | T, what: str = "a Redis call") -> T:
+    """Await a redis-py asyncio reply (its stubs type replies as ``Awaitable[T] | T``),
+    translating Redis and connection errors into :class:`CoordinationError`."""
+    try:
+        return await result if inspect.isawaitable(result) else result
+    except (RedisError, OSError) as exc:
+        raise CoordinationError(f"{what} failed: {exc}") from exc
 
 
 # Drop a lease only if this run still holds it.
@@ -370,20 +374,26 @@ class Coordinator:
         run from several workers at once: each check-and-enqueue is atomic.
         """
         recovered: list[tuple[str, str, str]] = []
-        async for key in self.redis.scan_iter(match="amt:rec:*", count=batch):
-            _, _, topic, record_id = key.decode().split(":", 3)
-            job_id = await self._reap(
-                keys=[key],
-                args=[self.queue_name, JOB_TTL_MS, JOB_FUNCTION, topic, record_id],
-            )
-            if job_id:
-                recovered.append((topic, record_id, job_id.decode()))
+        try:
+            async for key in self.redis.scan_iter(match="amt:rec:*", count=batch):
+                _, _, topic, record_id = key.decode().split(":", 3)
+                job_id = await self._reap(
+                    keys=[key],
+                    args=[self.queue_name, JOB_TTL_MS, JOB_FUNCTION, topic, record_id],
+                )
+                if job_id:
+                    recovered.append((topic, record_id, job_id.decode()))
+        except (RedisError, OSError) as exc:
+            raise CoordinationError(f"reaping failed: {exc}") from exc
         return recovered
 
     # -- cursors and counters ----------------------------------------------------
 
     async def get_cursor(self, name: str) -> str | None:
-        value = await self.redis.get(f"amt:cursor:{name}")
+        try:
+            value = await self.redis.get(f"amt:cursor:{name}")
+        except (RedisError, OSError) as exc:
+            raise CoordinationError(f"reading the {name} cursor failed: {exc}") from exc
         return value.decode() if value is not None else None
 
     async def set_cursor(self, name: str, replay_id: str) -> None:

@@ -92,7 +92,11 @@ async def apply_record(ctx: dict[str, Any], topic: str, record_id: str) -> str:
         result = await store.apply(topic, record_id, record.org_id, changes)
     except StoreError as exc:
         if record.failures + 1 >= max_tries:
-            status = await coordinator.dead_letter_record(record, job_id, str(exc))
+            try:
+                status = await coordinator.dead_letter_record(record, job_id, str(exc))
+            except CoordinationError as redis_exc:
+                await _release(coordinator, record)
+                raise Retry(defer=COORDINATION_RETRY_S) from redis_exc
             bound.error("job_dead_lettered", error=str(exc), status=status, tries=max_tries)
             return "dead_lettered"
         delay = job_retry_delay(record.failures + 1)

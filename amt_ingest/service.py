@@ -26,6 +26,7 @@ from .deadletter import DeadLetters
 from .errors import AwsError, IngestError
 from .health import HealthServer
 from .jobs import build_worker, create_arq_pool
+from .policy import backoff
 from .router import Router
 from .sources.sqs import SqsPoller
 from .sources.websocket import WebSocketListener
@@ -55,6 +56,56 @@ async def _connect_redis(settings: Settings) -> aioredis.Redis:
             f"AMT_REDIS_URL: Redis at {settings.redis_url} is not reachable: {exc}"
         ) from exc
     return client
+
+
+class WorkerRunner:
+    """The embedded arq worker, restarted when Redis drops.
+
+    arq's poll loop ends on a Redis connection error; the runner starts a fresh
+    worker after a backoff, so a Redis restart does not end the process. Jobs
+    the old worker started run to their end meanwhile.
+    """
+
+    def __init__(self, settings: Settings, *, pool: Any, coordinator: Coordinator, store: Store):
+        self.settings = settings
+        self.pool = pool
+        self.coordinator = coordinator
+        self.store = store
+        self.workers: list[Any] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        delays = backoff(0.5, 10.0)
+        while not stop.is_set():
+            worker = build_worker(
+                self.settings,
+                pool=self.pool,
+                coordinator=self.coordinator,
+                store=self.store,
+                handle_signals=False,
+            )
+            self.workers = [w for w in self.workers if _running(w)] + [worker]
+            try:
+                await worker.main()
+            except (RedisError, OSError) as exc:
+                delay = next(delays)
+                log.warning("worker_redis_error", error=str(exc), restart_in_s=round(delay, 2))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def drain(self, grace: float) -> None:
+        """Stop picking jobs, let running ones finish within ``grace``, cancel the rest."""
+        for worker in self.workers:
+            worker.allow_pick_jobs = False
+        running = [t for w in self.workers for t in w.tasks.values() if not t.done()]
+        if running:
+            await asyncio.wait(running, timeout=grace)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+
+def _running(worker: Any) -> bool:
+    return any(not t.done() for t in worker.tasks.values())
 
 
 async def run_service(
@@ -123,14 +174,12 @@ async def run_service(
                     name = f"sqs:{url}#{n}"
                     tasks[name] = asyncio.create_task(poller.run(stop), name=name)
 
-        arq_worker = None
+        runner: WorkerRunner | None = None
         if worker:
             pool = await create_arq_pool(settings)
             stack.push_async_callback(pool.aclose)
-            arq_worker = build_worker(
-                settings, pool=pool, coordinator=coordinator, store=store, handle_signals=False
-            )
-            tasks["worker"] = asyncio.create_task(arq_worker.main(), name="worker")
+            runner = WorkerRunner(settings, pool=pool, coordinator=coordinator, store=store)
+            tasks["worker"] = asyncio.create_task(runner.run(stop), name="worker")
 
         async def redis_ok() -> tuple[bool, str]:
             await redis.ping()
@@ -192,18 +241,11 @@ async def run_service(
             for task in pending:
                 task.cancel()
             await asyncio.gather(*intake, return_exceptions=True)
-        if arq_worker is not None:
-            arq_worker.allow_pick_jobs = False
+        if runner is not None:
             remaining = max(0.0, settings.shutdown_grace - (time.monotonic() - started))
-            running = [t for t in arq_worker.tasks.values() if not t.done()]
-            if running:
-                await asyncio.wait(running, timeout=remaining)
-            for task in arq_worker.tasks.values():
-                task.cancel()
+            await runner.drain(remaining)
             tasks["worker"].cancel()
-            await asyncio.gather(
-                tasks["worker"], *arq_worker.tasks.values(), return_exceptions=True
-            )
+            await asyncio.gather(tasks["worker"], return_exceptions=True)
         log.info(
             "service_stopped", exit_code=exit_code, shutdown_s=round(time.monotonic() - started, 2)
         )

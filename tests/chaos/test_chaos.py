@@ -1,0 +1,21 @@
+"""A short chaos run in CI; `make chaos` runs the long one (three seeds)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.harness import Chaos
+
+pytestmark = pytest.mark.e2e
+
+
+def test_short_chaos_run_loses_nothing(tmp_path: Path):
+    duration = float(os.environ.get("AMT_CHAOS_SECONDS", "30"))
+    report = Chaos(seed=5, duration=duration, rate=30, workdir=tmp_path, database="sqlite").run()
+    print("\n" + "\n".join(report.lines()))
+    assert sum(report.faults.values()) >= 3, report.faults
+    assert report.lost == 0 and report.stale == 0, report.examples
+    assert report.ok, report.lines()
