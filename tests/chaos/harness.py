@@ -320,7 +320,7 @@ class Chaos:
                 ],
                 self.base_env,
             )
-            self._inject_faults(until=lambda: truth_path.exists(), limit=self.duration * 3)
+            self._inject_faults(until=lambda: truth_path.exists(), limit=self.duration * 3 + 120)
             # Faults over: everything must converge with what is left running.
             for name, start in (("service", self.start_service), ("worker", self.start_worker)):
                 if name not in self.procs:
@@ -328,7 +328,7 @@ class Chaos:
             truth = [json.loads(line) for line in truth_path.read_text().splitlines()]
             began = time.monotonic()
             store: list[dict[str, Any]] = []
-            while time.monotonic() - began < 180:
+            while time.monotonic() - began < 300:
                 store = [json.loads(line) for line in self.amt("export").splitlines()]
                 if store == truth:
                     report.converged_s = time.monotonic() - began
