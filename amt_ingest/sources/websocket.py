@@ -10,7 +10,10 @@ does the stream.
 
 Reconnects use capped exponential backoff with jitter; the backoff resets only
 after a connection stayed up for ``stable_after`` seconds, so a server that
-accepts and closes at once cannot cause a hot loop.
+accepts and closes at once cannot cause a hot loop. A frame over
+``ws_max_frame_bytes`` (close 1009) halves the credits asked for on the next
+subscribe, so Passport sends smaller frames; one event over the limit stops the
+listener with ``state.fatal``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import orjson
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.frames import CloseCode
 
 from ..config import ConfigError, Settings
 from ..coordination import Coordinator
@@ -115,9 +119,12 @@ class WebSocketListener:
         self.stable_after = stable_after
         self.state = ListenerState()
         self._from_earliest = False
+        # Credits asked for on subscribe; halved when a frame exceeded the size limit.
+        self._credits = settings.ws_credits
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Listen until ``stop`` is set. Returns early only on an unrecoverable auth error."""
+        """Listen until ``stop`` is set. Returns early only on an unrecoverable auth error
+        or an event bigger than the frame limit (``state.fatal`` says which)."""
         delays = self.delays()
         last_token: str | None = None
         while not stop.is_set():
@@ -161,6 +168,19 @@ class WebSocketListener:
                 code = exc.rcvd.code if exc.rcvd else None
                 action = close_action(code)
                 reason = f"closed {code}: {exc.rcvd.reason if exc.rcvd else ''}"
+                if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                    # Passport would send the same frame again after the same cursor:
+                    # ask for fewer events per frame, and stop if even one is too big.
+                    limit = self.settings.ws_max_frame_bytes
+                    if self._credits == 1:
+                        self._fatal(
+                            f"a single Passport event exceeds AMT_WS_MAX_FRAME_BYTES ({limit} "
+                            "bytes); it stays unacknowledged after the saved cursor: raise "
+                            "the limit and restart"
+                        )
+                        return
+                    self._credits = max(1, self._credits // 2)
+                    reason = f"a frame exceeded {limit} bytes; now {self._credits} credits"
             except (OSError, TimeoutError, InvalidHandshake, CoordinationError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             finally:
@@ -178,8 +198,11 @@ class WebSocketListener:
                 )
             if action == REFRESH_TOKEN:
                 log.info("ws_token_refresh", reason=reason)
+            if action == REFRESH_TOKEN and self._token_changed(token):
                 delay = 0.0
             else:
+                # Also when the token did not change: the same token at once, again
+                # and again, is the retry storm PROTOCOL.md section 2 forbids.
                 delay = next(delays)
                 if action == REPORT:
                     log.error("ws_protocol_error", reason=reason)
@@ -188,6 +211,12 @@ class WebSocketListener:
             log.warning("ws_reconnecting", reason=reason, action=action, delay_s=round(delay, 2))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    def _token_changed(self, old: str) -> bool:
+        try:
+            return self.settings.read_token() != old
+        except ConfigError:
+            return False
 
     def _fatal(self, message: str) -> None:
         self.state.fatal = message
@@ -221,7 +250,7 @@ class WebSocketListener:
             "type": "subscribe",
             "topics": list(TOPICS),
             "replay": replay,
-            "credits": self.settings.ws_credits,
+            "credits": self._credits,
         }
 
     async def _connect_and_listen(self, token: str, stop: asyncio.Event) -> None:
@@ -262,9 +291,15 @@ class WebSocketListener:
         timeout = self.settings.ws_heartbeat_timeout
         while True:
             try:
-                message = await asyncio.wait_for(ws.recv(), timeout=timeout)
+                # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that
+                # races with a frame arriving, and this loop then never ends
+                # (shutdown hangs; after a hand-off failure intake stalls).
+                async with asyncio.timeout(timeout):
+                    message = await ws.recv()
             except TimeoutError:
-                await ws.close(1011, "no frame within the heartbeat timeout")
+                # Drop it at once: a dead peer would never answer a closing
+                # handshake, and close() would wait close_timeout for it.
+                ws.transport.abort()
                 raise _Reconnect(
                     RESUME, f"no frame for {timeout}s (half-open connection)"
                 ) from None
