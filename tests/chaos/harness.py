@@ -1,12 +1,13 @@
-"""Randomized fault run: the whole system under SIGKILL, SIGTERM and Redis restarts.
+"""Randomized fault run: the whole system under SIGKILL, SIGTERM, Redis restarts and database outages.
 
 Everything is real and local: a moto server, a test-owned ``redis-server`` with
 an append-only file (fsync always, so every acknowledged hand-off survives its
 restart), the Passport simulator, the service (embedded worker) and a second,
 separate worker process. While the simulator streams events with duplicates,
 out-of-order and one-path deliveries, foreign orgs and malformed input, a seeded
-schedule of faults hits the service, the worker and Redis. Afterwards the store
-must equal the simulator's ground truth.
+schedule of faults hits the service, the worker and Redis (and, with
+``--database postgres``, the database: connections refused for 5-30 s through a
+proxy). Afterwards the store must equal the simulator's ground truth.
 
 ``python -m tests.chaos.harness --duration 150 --seed 7`` prints the figures and
 exits non-zero if anything was lost or overwritten by an older value.
@@ -143,6 +144,7 @@ class Chaos:
         self.python = sys.executable
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("AMT_")}
         self.redis_port = free_port()
+        self.db_proxy_port = free_port()
         self.ws_port, self.sf_port = free_port(), free_port()
 
     # -- processes ------------------------------------------------------------
@@ -210,6 +212,18 @@ class Chaos:
                 return s.recv(16).startswith(b"+PONG")
 
         _wait(up, 30, "redis-server")
+
+    def start_db_proxy(self) -> None:
+        self._spawn(
+            "dbproxy",
+            [self.python, "-m", "tests.chaos.tcpproxy", str(self.db_proxy_port), "5432"],
+            self.base_env,
+        )
+        _wait(
+            lambda: socket.create_connection(("127.0.0.1", self.db_proxy_port), timeout=1),
+            30,
+            "db proxy",
+        )
 
     def service_env(self) -> dict[str, str]:
         return {
@@ -341,7 +355,7 @@ class Chaos:
             report.final_exit = self._stop("service")
         finally:
             report.faults = dict(self.faults)
-            for name in ("simulator", "service", "worker", "redis", "moto"):
+            for name in ("simulator", "service", "worker", "redis", "moto", "dbproxy"):
                 self._stop(name, timeout=15)
         return report
 
@@ -351,9 +365,12 @@ class Chaos:
             time.sleep(self.rng.uniform(2.0, 6.0))
             if until():
                 return
-            fault = self.rng.choices(
-                ["kill_service", "term_service", "kill_worker", "restart_redis"], [4, 2, 2, 2]
-            )[0]
+            kinds = ["kill_service", "term_service", "kill_worker", "restart_redis"]
+            weights = [4, 2, 2, 2]
+            if self.database == "postgres":
+                kinds.append("db_outage")
+                weights.append(1)
+            fault = self.rng.choices(kinds, weights)[0]
             self.faults[fault] += 1
             if fault == "kill_service":
                 self._stop("service", signal.SIGKILL)
@@ -368,10 +385,14 @@ class Chaos:
                 self._stop("worker", signal.SIGKILL)
                 time.sleep(self.rng.uniform(0.1, 1.0))
                 self.start_worker()
-            else:
+            elif fault == "restart_redis":
                 self._stop("redis", signal.SIGKILL)
                 time.sleep(self.rng.uniform(0.2, 2.0))
                 self.start_redis()
+            else:  # the database refuses connections for a while, then comes back
+                self._stop("dbproxy", signal.SIGKILL)
+                time.sleep(self.rng.uniform(5.0, 30.0))
+                self.start_db_proxy()
         if not until():
             raise TimeoutError("the simulator did not finish")
 
@@ -421,7 +442,7 @@ class Chaos:
         from amt_ingest.store import Store, metadata
 
         async def drop() -> None:
-            store = Store.open(self.db_url)
+            store = Store.open(self.db_url.replace(f":{self.db_proxy_port}/", ":5432/"))
             async with store.engine.begin() as conn:
                 await conn.run_sync(metadata.drop_all)
             await store.close()

@@ -126,3 +126,85 @@ def test_health_readiness_and_clean_sigterm(aws_env, redis_url, tmp_path: Path):
     assert code == 0, log_path.read_text()[-2000:]
     assert elapsed < 25
     assert any(line["event"] == "service_stopped" and line["exit_code"] == 0 for line in lines)
+
+
+def routed(client) -> int:
+    """Events the SQS path handed off, whatever their outcome."""
+    return sum(
+        int(v)
+        for k, v in client.hgetall("amt:stats").items()
+        if k.split(b":")[0] in (b"first", b"stale", b"duplicate") and b":sqs:" in k
+    )
+
+
+def test_sigterm_under_load_leaves_no_message_in_flight(aws_env, redis_url, tmp_path: Path):
+    """Messages received but not handed off at SIGTERM are made visible again at once."""
+    import boto3
+    import redis as sync_redis
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AMT_")}
+    boot = subprocess.run(
+        [sys.executable, "-m", "amt_ingest", "bootstrap"],
+        env=base,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    queue_url = json.loads(boot.stdout)["queue_url"]
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=aws_env,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    sample = json.loads(
+        (Path(__file__).parents[1] / "samples" / "event-opportunity-update.json").read_text()
+    )
+    bodies = []
+    for i in range(150):
+        event = dict(sample, event_id=f"7d7c3c1e-2b2f-4d69-9a0e-{i:012d}")
+        bodies.append(json.dumps(event))
+    for start in range(0, len(bodies), 10):
+        sqs.send_message_batch(
+            QueueUrl=queue_url,
+            Entries=[
+                {"Id": str(j), "MessageBody": b} for j, b in enumerate(bodies[start : start + 10])
+            ],
+        )
+    env = {
+        **base,
+        "AMT_PASSPORT_WS_URL": f"ws://127.0.0.1:{free_port()}/stream",  # nobody there
+        "AMT_PASSPORT_TOKEN": TOKEN,
+        "AMT_REDIS_URL": redis_url,
+        "AMT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/db.sqlite",
+        "AMT_SQS_QUEUE_URLS": queue_url,
+        "AMT_SQS_WAIT_SECONDS": "1",
+        "AMT_SQS_VISIBILITY_TIMEOUT": "120",
+        "AMT_SQS_RECEIVERS_PER_QUEUE": "4",
+        "AMT_HTTP_PORT": "0",
+        "AMT_LOG_FORMAT": "json",
+        "AMT_SHUTDOWN_GRACE": "10",
+    }
+    log_path = tmp_path / "service.log"
+    with open(log_path, "wb") as log:
+        service = subprocess.Popen(
+            [sys.executable, "-m", "amt_ingest", "run"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    client = sync_redis.Redis.from_url(redis_url)
+    try:
+        wait_for(lambda: routed(client) >= 20, what="intake under way")
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(30) == 0, log_path.read_text()[-2000:]
+    finally:
+        if service.poll() is None:
+            service.kill()
+    attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    # With a 120 s visibility timeout, anything received and not handed off would
+    # still be in flight now; released messages are visible, handed-off ones deleted.
+    assert attrs["ApproximateNumberOfMessagesNotVisible"] == "0"
+    assert routed(client) + int(attrs["ApproximateNumberOfMessages"]) >= 150

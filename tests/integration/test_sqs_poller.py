@@ -177,3 +177,92 @@ async def test_handoff_failure_releases_messages_for_redelivery(env):
     again = await sqs.receive_message(QueueUrl=boot.queue_url, MaxNumberOfMessages=10)
     assert len(again.get("Messages", [])) == 1
     await broken.aclose()
+
+
+async def test_visibility_is_extended_while_the_hand_off_hangs(env, redis_url):
+    from tests.chaos.tcpproxy import Proxy
+
+    settings, boot, sqs, _, tmp = env
+    settings = settings.model_copy(update={"sqs_visibility_timeout": 5})
+    port = int(redis_url.split(":")[2].split("/")[0])
+    proxy = Proxy(0, port)
+    await proxy.start()
+    slow = aioredis.Redis.from_url(
+        f"redis://127.0.0.1:{proxy.listen_port}/{redis_url.rsplit('/', 1)[1]}"
+    )
+    coordinator = Coordinator(slow, dedup_ttl=60)
+    await slow.ping()
+    await sqs.send_message(
+        QueueUrl=boot.queue_url, MessageBody=sample("sqs-message-raw-delivery.json")["Body"]
+    )
+    poller = SqsPoller(
+        settings,
+        sqs=sqs,
+        queue_url=boot.queue_url,
+        router=Router(coordinator),
+        coordinator=coordinator,
+        dead_letters=DeadLetters(sqs=sqs, dlq_url=boot.dlq_url, fallback_path=tmp / "d.jsonl"),
+    )
+    (message,) = await poller._receive()
+    proxy.hold()  # Redis hangs: the hand-off takes longer than the visibility timeout
+    handling = asyncio.create_task(poller._handle([message]))
+    await asyncio.sleep(8)
+    again = await sqs.receive_message(QueueUrl=boot.queue_url, MaxNumberOfMessages=10)
+    assert again.get("Messages", []) == []  # still invisible: extended, not redelivered
+    proxy.release()
+    await asyncio.wait_for(handling, 10)
+    assert poller.state.deleted == 1
+    await asyncio.sleep(6)
+    again = await sqs.receive_message(QueueUrl=boot.queue_url, MaxNumberOfMessages=10)
+    assert again.get("Messages", []) == []  # deleted for good
+    await slow.aclose()
+    await proxy.stop()
+
+
+async def test_partial_delete_failure_is_reported_not_raised(env):
+    settings, boot, sqs, coordinator, tmp = env
+    await sqs.send_message(QueueUrl=boot.queue_url, MessageBody="x")
+    poller = SqsPoller(
+        settings,
+        sqs=sqs,
+        queue_url=boot.queue_url,
+        router=Router(coordinator),
+        coordinator=coordinator,
+        dead_letters=DeadLetters(sqs=None, dlq_url=None, fallback_path=tmp / "d.jsonl"),
+    )
+    (message,) = await poller._receive()
+    await poller._delete([message, {"ReceiptHandle": "not-a-receipt-handle"}])
+    assert poller.state.deleted == 1
+
+
+async def test_polling_pauses_while_the_job_queue_is_full(env):
+    settings, boot, sqs, coordinator, tmp = env
+    router = Router(coordinator, max_queued_jobs=1, capacity_poll_s=0.05)
+    from tests.integration.test_coordination import make_event
+
+    # One job queued (no worker runs): the queue is at its high-water mark.
+    await router.route([make_event(100, {"Name": "x"})], path="ws")
+    for _ in range(3):
+        await sqs.send_message(
+            QueueUrl=boot.queue_url, MessageBody=sample("sqs-message-raw-delivery.json")["Body"]
+        )
+    poller = SqsPoller(
+        settings,
+        sqs=sqs,
+        queue_url=boot.queue_url,
+        router=router,
+        coordinator=coordinator,
+        dead_letters=DeadLetters(sqs=None, dlq_url=None, fallback_path=tmp / "d.jsonl"),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(poller.run(stop))
+    await asyncio.sleep(1.0)
+    assert poller.state.received == 0 and router.paused  # not polling: messages stay in SQS
+    await coordinator.redis.delete("amt:queue")  # the workers caught up
+    for _ in range(100):
+        if poller.state.deleted == 3:
+            break
+        await asyncio.sleep(0.1)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert poller.state.deleted == 3
