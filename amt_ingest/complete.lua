@@ -29,13 +29,5 @@ if redis.call('HGET', rec, 'ver') == ARGV[2] then
   redis.call('DEL', rec)
   return {'released', ''}
 end
-local t = redis.call('TIME')
-local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
-local job_id = 'r:' .. redis.call('INCR', 'amt:jobseq')
-redis.call('HSET', rec, 'job', job_id)
 redis.call('HDEL', rec, 'fail', 'failed_at', 'retry_delay')
-redis.call('PSETEX', 'arq:job:' .. job_id, ARGV[4],
-  '{"t":null,"f":' .. cjson.encode(ARGV[5]) .. ',"a":' .. cjson.encode({ARGV[6], ARGV[7]}) ..
-  ',"k":{},"et":' .. now .. '}')
-redis.call('ZADD', ARGV[3], now, job_id)
-return {'handed_over', job_id}
+return {'handed_over', new_job(rec, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])}

@@ -75,7 +75,9 @@ return 0
 
 
 def _script(name: str) -> str:
-    return resources.files(__package__).joinpath(name).read_text()
+    """A Lua script of this package, with the shared job helpers in front of it."""
+    files = resources.files(__package__)
+    return files.joinpath("jobs_prelude.lua").read_text() + files.joinpath(name).read_text()
 
 
 def record_key(topic: str, record_id: str) -> str:

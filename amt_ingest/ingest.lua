@@ -23,8 +23,7 @@
 
 local evt = KEYS[1]
 local path = ARGV[1]
-local t = redis.call('TIME')
-local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+local now = now_ms()
 
 local first = redis.call('HMGET', evt, 'p', 't', 'c')
 if first[1] then
@@ -63,13 +62,7 @@ for k = 2, #KEYS do
     redis.call('HINCRBY', rec, 'ver', 1)
     redis.call('HSET', rec, 'org', org)
     if not redis.call('HGET', rec, 'job') then
-      local job_id = 'r:' .. redis.call('INCR', 'amt:jobseq')
-      local rid = ARGV[ids_at + k - 2]
-      redis.call('HSET', rec, 'job', job_id)
-      redis.call('PSETEX', 'arq:job:' .. job_id, job_ttl,
-        '{"t":null,"f":' .. cjson.encode(fn) .. ',"a":' .. cjson.encode({topic, rid}) ..
-        ',"k":{},"et":' .. now .. '}')
-      redis.call('ZADD', queue, now, job_id)
+      new_job(rec, queue, job_ttl, fn, topic, ARGV[ids_at + k - 2])
       jobs = jobs + 1
     end
   end

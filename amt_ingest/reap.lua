@@ -20,12 +20,4 @@ if job then
     return ''
   end
 end
-local t = redis.call('TIME')
-local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
-local job_id = 'r:' .. redis.call('INCR', 'amt:jobseq')
-redis.call('HSET', rec, 'job', job_id)
-redis.call('PSETEX', 'arq:job:' .. job_id, ARGV[2],
-  '{"t":null,"f":' .. cjson.encode(ARGV[3]) .. ',"a":' .. cjson.encode({ARGV[4], ARGV[5]}) ..
-  ',"k":{},"et":' .. now .. '}')
-redis.call('ZADD', ARGV[1], now, job_id)
-return job_id
+return new_job(rec, ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])

@@ -109,23 +109,17 @@ class Router:
 
 
 def _log_outcome(event: Event, result: IngestResult, path: str) -> None:
-    if result.outcome == "duplicate":
-        log.info(
-            "event_routed",
-            event_id=event.event_id,
-            record_ids=event.record_ids,
-            topic=event.topic,
-            path=path,
-            outcome="duplicate",
-            first_path=result.first_path,
-        )
-    else:
-        log.info(
-            "event_routed",
-            event_id=event.event_id,
-            record_ids=event.record_ids,
-            topic=event.topic,
-            change_type=event.change_type.value,
-            path=path,
-            outcome=result.outcome,
-        )
+    extra = (
+        {"first_path": result.first_path}
+        if result.outcome == "duplicate"
+        else {"change_type": event.change_type.value}
+    )
+    log.info(
+        "event_routed",
+        event_id=event.event_id,
+        record_ids=event.record_ids,
+        topic=event.topic,
+        path=path,
+        outcome=result.outcome,
+        **extra,
+    )
