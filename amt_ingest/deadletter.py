@@ -1,8 +1,9 @@
 """The dead-letter place for bad input from both paths.
 
-Rejected input goes to the SQS dead-letter queue of the first configured queue
-(found through its redrive policy), with the reason as message attributes, so
-that operators list and replay one place. If SQS cannot take it, it goes to a
+Rejected input goes to an SQS dead-letter queue (found through the redrive
+policy of a consumed queue) with the reason as message attributes, so that
+operators list and replay one place: a malformed SQS message goes to its own
+queue's DLQ, WebSocket rejects to the first queue's. If SQS cannot take it, it goes to a
 local JSON-lines file instead: bad input is contained, never lost.
 """
 
@@ -31,9 +32,17 @@ def _attr(value: str) -> dict[str, str]:
 
 
 class DeadLetters:
-    def __init__(self, *, sqs: Any | None, dlq_url: str | None, fallback_path: Path):
+    def __init__(
+        self,
+        *,
+        sqs: Any | None,
+        dlq_url: str | None,
+        fallback_path: Path,
+        dlq_by_source: dict[str, str] | None = None,
+    ):
         self.sqs = sqs
         self.dlq_url = dlq_url
+        self.dlq_by_source = dlq_by_source or {}
         self.fallback_path = fallback_path
         self._lock = asyncio.Lock()
 
@@ -55,10 +64,11 @@ class DeadLetters:
         }
         if rejected.event_id:
             attributes["event_id"] = _attr(rejected.event_id)
-        if self.sqs is not None and self.dlq_url is not None:
+        dlq_url = self.dlq_by_source.get(source, self.dlq_url)
+        if self.sqs is not None and dlq_url is not None:
             try:
                 await self.sqs.send_message(
-                    QueueUrl=self.dlq_url,
+                    QueueUrl=dlq_url,
                     MessageBody=(text or "<empty>")[:_MAX_BODY],
                     MessageAttributes=attributes,
                 )

@@ -140,21 +140,30 @@ async def run_service(
             if not settings.allowed_org_ids:
                 log.warning("org_filter_off", hint="set AMT_ALLOWED_ORG_IDS to keep only your orgs")
             sqs = None
-            dlq_url = None
+            dlqs: dict[str, str] = {}
             if settings.sqs_queue_urls:
                 sqs = await stack.enter_async_context(aws.client(settings, "sqs"))
-                try:
-                    dlq_url = await aws.dead_letter_queue_url(sqs, settings.sqs_queue_urls[0])
-                except AwsError as exc:
-                    log.warning("dead_letter_queue_unknown", error=str(exc))
-                if dlq_url is None:
-                    log.warning(
-                        "dead_letter_queue_missing", fallback=str(settings.dead_letter_file)
-                    )
+                for url in settings.sqs_queue_urls:
+                    try:
+                        dlq = await aws.dead_letter_queue_url(sqs, url)
+                    except AwsError as exc:
+                        log.warning("dead_letter_queue_unknown", queue_url=url, error=str(exc))
+                        continue
+                    if dlq is None:
+                        log.warning(
+                            "dead_letter_queue_missing",
+                            queue_url=url,
+                            fallback=str(settings.dead_letter_file),
+                        )
+                    else:
+                        dlqs[url] = dlq
             else:
                 log.warning("sqs_disabled", hint="set AMT_SQS_QUEUE_URLS to run the SQS safety net")
             dead_letters = DeadLetters(
-                sqs=sqs, dlq_url=dlq_url, fallback_path=settings.dead_letter_file
+                sqs=sqs,
+                dlq_url=next(iter(dlqs.values()), None),
+                dlq_by_source=dlqs,
+                fallback_path=settings.dead_letter_file,
             )
             listener = WebSocketListener(
                 settings, router=router, coordinator=coordinator, dead_letters=dead_letters

@@ -266,3 +266,26 @@ async def test_polling_pauses_while_the_job_queue_is_full(env):
     stop.set()
     await asyncio.wait_for(task, 10)
     assert poller.state.deleted == 3
+
+
+async def test_each_queue_dead_letters_into_its_own_dlq(env):
+    settings, boot, sqs, coordinator, tmp = env
+    other = await aws.bootstrap(settings, queue_name="amt-ingest-second")
+    dead = DeadLetters(
+        sqs=sqs,
+        dlq_url=boot.dlq_url,
+        dlq_by_source={boot.queue_url: boot.dlq_url, other.queue_url: other.dlq_url},
+        fallback_path=tmp / "d.jsonl",
+    )
+    await sqs.send_message(QueueUrl=other.queue_url, MessageBody="{broken")
+    poller = SqsPoller(
+        settings,
+        sqs=sqs,
+        queue_url=other.queue_url,
+        router=Router(coordinator),
+        coordinator=coordinator,
+        dead_letters=dead,
+    )
+    await drain(poller, sqs, other.queue_url)
+    assert [m["Body"] for m in await receive_all(sqs, other.dlq_url)] == ["{broken"]
+    assert await receive_all(sqs, boot.dlq_url) == []
