@@ -5,7 +5,9 @@ one batch; malformed messages are moved to the queue's dead-letter queue at
 once with the reason as message attributes (they can never succeed). Only
 then are the handled messages deleted with DeleteMessageBatch, whose ``Failed``
 entries are logged (the message comes back and dedup makes it a no-op). If
-the hand-off fails, nothing is deleted and the messages are made visible again.
+Redis fails the hand-off, it is retried in place for a while (every receive
+counts towards the redrive policy, so a valid event must not bounce); then
+nothing is deleted and the messages come back a little later.
 While a batch is in flight its visibility is extended every half timeout.
 """
 
@@ -55,6 +57,8 @@ class SqsPoller:
         coordinator: Coordinator,
         dead_letters: DeadLetters,
         delays: Callable[[], Iterator[float]] | None = None,
+        handoff_patience: float = 60.0,
+        release_delay: int = 30,
     ):
         self.settings = settings
         self.sqs = sqs
@@ -63,6 +67,10 @@ class SqsPoller:
         self.coordinator = coordinator
         self.dead_letters = dead_letters
         self.delays = delays or (lambda: backoff(0.5, 20.0))
+        #: How long a batch waits for Redis before it is handed back to SQS.
+        self.handoff_patience = handoff_patience
+        #: After giving up, the batch comes back this many seconds later.
+        self.release_delay = release_delay
         self.state = PollerState()
         self.log = log.bind(queue_url=queue_url)
 
@@ -91,7 +99,7 @@ class SqsPoller:
             if stop.is_set():
                 await self._release(messages, "shutting down")
                 return
-            await self._handle(messages)
+            await self._handle(messages, stop)
 
     async def _receive(self) -> list[dict[str, Any]]:
         reply = await self.sqs.receive_message(
@@ -104,7 +112,39 @@ class SqsPoller:
         )
         return list(reply.get("Messages", []))
 
-    async def _handle(self, messages: list[dict[str, Any]]) -> None:
+    async def _hand_off(
+        self, events: list[Event], rejects: Counter[str], stop: asyncio.Event | None
+    ) -> bool:
+        """Route the batch; while Redis fails, retry in place (visibility is being
+        extended) for up to ``handoff_patience`` seconds. True once handed off."""
+        delays = self.delays()
+        started = time.monotonic()
+        while True:
+            try:
+                await self.coordinator.count(rejects)
+                rejects.clear()
+                if events:
+                    await self.router.route(events, path="sqs")
+                return True
+            except CoordinationError as exc:
+                delay = next(delays)
+                give_up = (
+                    stop is not None and stop.is_set()
+                ) or time.monotonic() - started + delay > self.handoff_patience
+                self.log.warning(
+                    "sqs_handoff_failed", error=str(exc), retry_in_s=None if give_up else delay
+                )
+                if give_up:
+                    return False
+                if stop is None:
+                    await asyncio.sleep(delay)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def _handle(
+        self, messages: list[dict[str, Any]], stop: asyncio.Event | None = None
+    ) -> None:
         extender = asyncio.create_task(self._extend_visibility(messages))
         try:
             events: list[Event] = []
@@ -134,14 +174,15 @@ class SqsPoller:
                     events.append(result)
                     event_messages.append(message)
             self.state.dead_lettered += len(rejected_messages)
-            try:
-                await self.coordinator.count(rejects)
-                if events:
-                    await self.router.route(events, path="sqs")
-            except CoordinationError as exc:
-                self.log.warning("sqs_handoff_failed", error=str(exc))
+            if not await self._hand_off(events, rejects, stop):
                 await self._delete(rejected_messages)  # already in the dead-letter queue
-                await self._release(event_messages, "hand-off failed")
+                # Back soon, but not at once: every receive counts towards the redrive
+                # policy's maxReceiveCount, and a valid event must not be redriven.
+                await self._release(
+                    event_messages,
+                    "hand-off failed",
+                    visibility=0 if stop is not None and stop.is_set() else self.release_delay,
+                )
                 return
         finally:
             extender.cancel()
@@ -171,12 +212,14 @@ class SqsPoller:
                 sender_fault=failure.get("SenderFault"),
             )
 
-    async def _release(self, messages: list[dict[str, Any]], reason: str) -> None:
-        """Make messages visible again at once (ChangeMessageVisibility 0)."""
+    async def _release(
+        self, messages: list[dict[str, Any]], reason: str, *, visibility: int = 0
+    ) -> None:
+        """Make messages visible again after ``visibility`` seconds (0: at once)."""
         if not messages:
             return
         entries = [
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": visibility}
             for i, m in enumerate(messages)
         ]
         try:

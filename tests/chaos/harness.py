@@ -431,7 +431,8 @@ class Chaos:
                 if message["MessageId"] not in seen:
                     seen.add(message["MessageId"])
                     attrs = message.get("MessageAttributes", {})
-                    reason = attrs.get("reason", {}).get("StringValue", "redrive (no reason)")
+                    # No reason attribute: SQS itself moved it after maxReceiveCount receives.
+                    reason = attrs.get("reason", {}).get("StringValue", "redriven by SQS")
                     path = attrs.get("path", {}).get("StringValue", "?")
                     reasons[f"{path}:{reason}"] += 1
         report.dead_letters = dict(reasons)

@@ -153,7 +153,7 @@ async def test_dead_letters_fall_back_to_a_file_when_sqs_refuses(env):
     assert json.loads(line)["body"] == "{"
 
 
-async def test_handoff_failure_releases_messages_for_redelivery(env):
+async def test_handoff_failure_hands_messages_back_after_patience(env):
     settings, boot, sqs, _, tmp = env
     await sqs.send_message(
         QueueUrl=boot.queue_url, MessageBody=sample("sqs-message-raw-delivery.json")["Body"]
@@ -168,15 +168,59 @@ async def test_handoff_failure_releases_messages_for_redelivery(env):
         router=Router(broken_coord),
         coordinator=broken_coord,
         dead_letters=dead,
+        delays=lambda: iter([0.2] * 100),
+        handoff_patience=1.0,
+        release_delay=2,
     )
     messages = await poller._receive()
     assert len(messages) == 1
     await poller._handle(messages)
     assert poller.state.deleted == 0
-    # Released at once (visibility 0), not after the visibility timeout.
+    # Handed back, to come again shortly: not at once (each receive counts
+    # towards the redrive policy), and not after the full visibility timeout.
+    again = await sqs.receive_message(QueueUrl=boot.queue_url, MaxNumberOfMessages=10)
+    assert again.get("Messages", []) == []
+    await asyncio.sleep(2.5)
     again = await sqs.receive_message(QueueUrl=boot.queue_url, MaxNumberOfMessages=10)
     assert len(again.get("Messages", [])) == 1
     await broken.aclose()
+
+
+async def test_handoff_retries_in_place_while_redis_is_down(env, redis_url):
+    from tests.chaos.tcpproxy import Proxy
+
+    settings, boot, sqs, _, tmp = env
+    port = int(redis_url.split(":")[2].split("/")[0])
+    proxy = Proxy(0, port)
+    await proxy.start()
+    client = aioredis.Redis.from_url(
+        f"redis://127.0.0.1:{proxy.listen_port}/{redis_url.rsplit('/', 1)[1]}"
+    )
+    coordinator = Coordinator(client, dedup_ttl=60)
+    await sqs.send_message(
+        QueueUrl=boot.queue_url, MessageBody=sample("sqs-message-raw-delivery.json")["Body"]
+    )
+    poller = SqsPoller(
+        settings,
+        sqs=sqs,
+        queue_url=boot.queue_url,
+        router=Router(coordinator),
+        coordinator=coordinator,
+        dead_letters=DeadLetters(sqs=sqs, dlq_url=boot.dlq_url, fallback_path=tmp / "d.jsonl"),
+        delays=lambda: iter([0.2] * 100),
+    )
+    (message,) = await poller._receive()
+    await proxy.stop()  # Redis is gone
+    handling = asyncio.create_task(poller._handle([message]))
+    await asyncio.sleep(1.0)
+    assert not handling.done()  # still trying, the message still held
+    await proxy.start()  # Redis is back
+    await asyncio.wait_for(handling, 10)
+    assert poller.state.deleted == 1
+    stats = await coordinator.stats()
+    assert stats["first:sqs:External_Attachment__c"] == 1
+    await client.aclose()
+    await proxy.stop()
 
 
 async def test_visibility_is_extended_while_the_hand_off_hangs(env, redis_url):
