@@ -89,6 +89,21 @@ def _parser() -> argparse.ArgumentParser:
     throttle.add_argument("action", choices=("pause", "slow", "resume", "status"))
     throttle.add_argument("factor", nargs="?", type=float, help="with slow: the stretch, > 1")
 
+    dlq = sub.add_parser(
+        "dlq",
+        help="list or replay dead-lettered records (jobs that failed every try)",
+        description="Dead-lettered records: the pending changes of a record whose job failed "
+        "every try, with the last error. `list` prints them as JSON lines; `replay` gives "
+        "them back to a job (safe to repeat or interrupt: changes merge newest-wins). "
+        "Rejected input sits in the SQS dead-letter queues, with its reason as message "
+        "attributes.",
+    )
+    dlq.add_argument("action", choices=("list", "replay"))
+    dlq.add_argument("--topic", help="only this record type")
+    dlq.add_argument("--org", help="only this org id (15 or 18 characters)")
+    dlq.add_argument("--id", dest="record_id", help="only this record id")
+    dlq.add_argument("--dry-run", action="store_true", help="replay: say what would be replayed")
+
     export = sub.add_parser(
         "export",
         help="print every stored record as JSON lines, sorted by topic and id",
@@ -174,6 +189,43 @@ async def _throttle(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
+    import redis.asyncio as aioredis
+
+    from .coordination import Coordinator
+
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        coordinator = Coordinator(client, dedup_ttl=settings.dedup_ttl_seconds)
+        entries = [
+            e
+            for e in await coordinator.dead_records()
+            if (args.topic is None or e["topic"] == args.topic)
+            and (args.org is None or e["org_id"][:15] == args.org[:15])
+            and (args.record_id is None or e["id"] == args.record_id)
+        ]
+        if args.action == "list":
+            for entry in entries:
+                sys.stdout.write(orjson.dumps(entry).decode() + "\n")
+            return 0
+        done = 0
+        for entry in entries:
+            if args.dry_run:
+                print(
+                    f"would replay {entry['topic']} {entry['id']} ({len(entry['changes'])} changes)"
+                )
+                continue
+            merged = await coordinator.replay_dead_record(entry)
+            done += 1
+            outcome = "already replayed" if merged < 0 else f"{merged} changes back in a job"
+            print(f"[{done}/{len(entries)}] {entry['topic']} {entry['id']}: {outcome}", flush=True)
+        if not entries:
+            print("no dead-lettered records match")
+        return 0
+    finally:
+        await client.aclose()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "run"
@@ -200,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_export(settings, args))
         if command == "throttle":
             return asyncio.run(_throttle(settings, args))
+        if command == "dlq":
+            return asyncio.run(_dlq(settings, args))
     except ConfigError as exc:
         print(f"amt_ingest: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -163,6 +163,7 @@ class Coordinator:
         self._complete = client.register_script(_script("complete.lua"))
         self._reap = client.register_script(_script("reap.lua"))
         self._claim = client.register_script(_script("claim.lua"))
+        self._replay = client.register_script(_script("replay.lua"))
         self._unlease = client.register_script(_UNLEASE)
 
     # -- hand-off ------------------------------------------------------------
@@ -417,5 +418,32 @@ class Coordinator:
         return depth
 
     async def dead_records(self) -> list[dict[str, Any]]:
-        raw = await _done(self.redis.hgetall(DEAD_RECORDS_KEY))
-        return [orjson.loads(v) for v in raw.values()]
+        """Every dead-lettered record, sorted by topic then id."""
+        raw = await _done(self.redis.hgetall(DEAD_RECORDS_KEY), "listing dead records")
+        entries = [orjson.loads(v) for v in raw.values()]
+        return sorted(entries, key=lambda e: (e["topic"], e["id"]))
+
+    async def replay_dead_record(self, entry: dict[str, Any]) -> int:
+        """Give a dead-lettered record's changes back to a job; removes the dead letter.
+
+        Returns how many changes were newer than what is pending (0: a no-op), or
+        -1 if the dead letter was already replayed. Safe to repeat and to interrupt.
+        """
+        topic, record_id = entry["topic"], entry["id"]
+        args: list[Any] = [
+            f"{topic}:{record_id}",
+            self.queue_name,
+            JOB_TTL_MS,
+            JOB_FUNCTION,
+            topic,
+            record_id,
+            entry["org_id"],
+        ]
+        for name, change in entry["changes"].items():
+            args.extend([name, change["position"], orjson.dumps(change["value"])])
+        try:
+            return int(
+                await self._replay(keys=[record_key(topic, record_id), DEAD_RECORDS_KEY], args=args)
+            )
+        except (RedisError, OSError) as exc:
+            raise CoordinationError(f"replaying {topic} {record_id} failed: {exc}") from exc

@@ -352,3 +352,59 @@ async def test_throttle_holds_retries_without_using_them(coord):
     record = await claim(coord, job)
     assert record.failures == 2
     await down.close()
+
+
+async def test_dead_lettered_record_is_listed_and_replayed_once(coord, store, redis_url):
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    from amt_ingest.store import Store
+
+    await coord.ingest(
+        [make_event(100, {"StageName": "A", "Name": "n"}, change="CREATE")], path="ws"
+    )
+    ((job, _),) = await queued_jobs(coord)
+    down = Store.open("postgresql+asyncpg://postgres@127.0.0.1:1/test")
+    ctx = {"coordinator": coord, "store": down, "max_tries": 1, "job_id": job, "lease_ms": 5000}
+    assert await apply_record({**ctx, "job_try": 1}, "Opportunity", RID) == "dead_lettered"
+    await down.close()
+    # A newer event for the record arrives after it was dead-lettered.
+    await coord.ingest([make_event(300, {"StageName": "C"})], path="sqs")
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMT_")}
+    env["AMT_REDIS_URL"] = redis_url
+    listed = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "amt_ingest", "dlq", "list", "--topic", "Opportunity"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    (entry,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert entry["id"] == RID
+    assert "Connect call failed" in entry["error"]
+    dry = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "amt_ingest", "dlq", "replay", "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert "would replay Opportunity" in dry.stdout
+    assert len(await coord.dead_records()) == 1
+
+    # Name and the tombstone come back; StageName@100 loses to the pending C@300.
+    assert await coord.replay_dead_record(entry) == 2
+    assert await coord.replay_dead_record(entry) == -1  # repeated: a no-op
+    for job_id, (topic, rid) in await queued_jobs(coord):
+        await run_job(coord, store, job_id, topic, rid)
+    (row,) = [r async for r in store.export()]
+    assert row["fields"] == {"StageName": "C", "Name": "n"}
+    assert row["deleted"] is False
+    assert await coord.dead_records() == []
