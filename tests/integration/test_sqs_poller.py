@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -333,3 +334,78 @@ async def test_each_queue_dead_letters_into_its_own_dlq(env):
     await drain(poller, sqs, other.queue_url)
     assert [m["Body"] for m in await receive_all(sqs, other.dlq_url)] == ["{broken"]
     assert await receive_all(sqs, boot.dlq_url) == []
+
+
+async def test_throttling_errors_are_retried_not_fatal(env):
+    """An SQS endpoint that throttles ReceiveMessage and DeleteMessageBatch for a while."""
+    from aiohttp import ClientSession, web
+
+    settings, boot, sqs, coordinator, tmp = env
+    upstream = settings.aws_endpoint_url or boot.queue_url.split("/1234")[0]
+    throttled: Counter = Counter()
+    budget = {"AmazonSQS.ReceiveMessage": 6, "AmazonSQS.DeleteMessageBatch": 2}
+
+    async def proxy(request: web.Request) -> web.Response:
+        target = request.headers.get("X-Amz-Target", "")
+        if budget.get(target, 0) > 0:
+            budget[target] -= 1
+            throttled[target] += 1
+            return web.json_response(
+                {"__type": "com.amazonaws.sqs#RequestThrottled", "message": "Rate exceeded"},
+                status=400,
+                headers={"x-amzn-query-error": "RequestThrottled;Sender"},
+            )
+        async with (
+            ClientSession() as session,
+            session.request(
+                request.method,
+                upstream + request.path_qs,
+                headers=request.headers,
+                data=await request.read(),
+            ) as reply,
+        ):
+            body = await reply.read()
+            headers = {
+                k: v
+                for k, v in reply.headers.items()
+                if k.lower() not in ("content-length", "transfer-encoding", "content-encoding")
+            }
+            return web.Response(status=reply.status, body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    for _ in range(5):
+        await sqs.send_message(
+            QueueUrl=boot.queue_url, MessageBody=sample("sqs-message-raw-delivery.json")["Body"]
+        )
+    throttling = settings.model_copy(update={"aws_endpoint_url": f"http://127.0.0.1:{port}"})
+    try:
+        async with aws.client(throttling, "sqs") as slow_sqs:
+            poller = SqsPoller(
+                throttling,
+                sqs=slow_sqs,
+                queue_url=boot.queue_url,
+                router=Router(coordinator),
+                coordinator=coordinator,
+                dead_letters=DeadLetters(sqs=None, dlq_url=None, fallback_path=tmp / "d.jsonl"),
+                delays=lambda: iter([0.1] * 1000),
+            )
+            stop = asyncio.Event()
+            task = asyncio.create_task(poller.run(stop))
+            for _ in range(200):
+                if poller.state.deleted == 5:
+                    break
+                await asyncio.sleep(0.1)
+            stop.set()
+            await asyncio.wait_for(task, 10)
+    finally:
+        await runner.cleanup()
+    assert poller.state.deleted == 5
+    assert throttled["AmazonSQS.ReceiveMessage"] == 6  # more than botocore retries alone
+    assert throttled["AmazonSQS.DeleteMessageBatch"] == 2
+    assert (await coordinator.stats())["first:sqs:External_Attachment__c"] == 1
