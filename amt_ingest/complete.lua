@@ -11,16 +11,19 @@
 -- ARGV[5]    arq function name
 -- ARGV[6]    topic
 -- ARGV[7]    record id
--- ARGV[8..]  pairs: pending hash key, the exact value the job applied
+-- ARGV[8]    the run's lease token (the lease is dropped only if it is still this run's)
+-- ARGV[9..]  pairs: pending hash key, the exact value the job applied
 --
 -- Returns {status, next_job_id}: status "released", "handed_over" or "not_owner".
 
 local rec = KEYS[1]
-redis.call('DEL', KEYS[2])
+if redis.call('GET', KEYS[2]) == ARGV[8] then
+  redis.call('DEL', KEYS[2])
+end
 if redis.call('HGET', rec, 'job') ~= ARGV[1] then
   return {'not_owner', ''}
 end
-for i = 8, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   if redis.call('HGET', rec, ARGV[i]) == ARGV[i + 1] then
     redis.call('HDEL', rec, ARGV[i])
   end

@@ -334,6 +334,7 @@ class Coordinator:
             JOB_FUNCTION,
             record.topic,
             record.record_id,
+            record.token,
         ]
         for key, value in record.entries.items():
             args.append(key)
