@@ -7,7 +7,10 @@
 -- ARGV[2]    this run's token
 -- ARGV[3]    lease ttl (ms)
 --
--- Returns {"ok", <record hash as a flat list>}, {"not_owner"} or {"busy", ttl_ms}.
+-- Returns {"ok", <record hash as a flat list>, fence}, {"not_owner"} or {"busy", ttl_ms}.
+-- The fence is a number that grows with every claim, store-wide: the store
+-- refuses a write whose fence is below the last one it took for the record, so
+-- a run that lost its lease (a frozen process) can never write after its successor.
 
 if redis.call('HGET', KEYS[1], 'job') ~= ARGV[1] then
   return {'not_owner'}
@@ -17,4 +20,4 @@ if holder and holder ~= ARGV[2] then
   return {'busy', redis.call('PTTL', KEYS[2])}
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-return {'ok', redis.call('HGETALL', KEYS[1])}
+return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('INCR', 'amt:fenceseq')}

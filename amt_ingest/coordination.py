@@ -9,6 +9,7 @@ Keys:
                                     ``fail``/``failed_at``/``retry_delay`` while retrying
 - ``amt:lease:<topic>:<record_id>``  the run of the owning job that works on it (expires)
 - ``amt:jobseq``                    source of fresh job ids
+- ``amt:fenceseq``                  fencing tokens: one per claim, checked by the store
 - ``arq:job:<id>``, ``amt:queue``   arq's job payloads and queue, written by the scripts
 - ``amt:cursor:<name>``             WebSocket resume point
 - ``amt:throttle``                  the operator's retry throttle (mode, factor)
@@ -137,6 +138,7 @@ class PendingRecord:
     failures: int = 0
     failed_at_ms: int = 0
     retry_delay_s: float = 0.0
+    fence: int = 0
 
 
 def _decode_pending(raw: Mapping[bytes, bytes]) -> dict[str, tuple[str, Any]]:
@@ -278,6 +280,7 @@ class Coordinator:
             failures=int(raw.get(b"fail", b"0")),
             failed_at_ms=int(raw.get(b"failed_at", b"0")),
             retry_delay_s=float(raw.get(b"retry_delay", b"0")),
+            fence=int(reply[2]),
         )
 
     async def record_failure(self, record: PendingRecord, *, retry_delay_s: float) -> int:

@@ -5,6 +5,7 @@
     IngestError
     ├── CoordinationError     Redis refused or lost a command: nothing may be acknowledged
     ├── StoreError            the database failed a write or read: the job retries
+    ├── FencedError           a newer run of the record's job has written: this run stops
     ├── SourceError           a source cannot go on
     │   ├── AuthError         Passport refused the token and no fresh one can be had
     │   └── ProtocolError     the peer broke Passport Stream Protocol v1 (do not retry blindly)
@@ -20,6 +21,7 @@ __all__ = [
     "AuthError",
     "AwsError",
     "CoordinationError",
+    "FencedError",
     "IngestError",
     "ProtocolError",
     "SourceError",
@@ -37,6 +39,10 @@ class CoordinationError(IngestError):
 
 class StoreError(IngestError):
     """The database failed; the job that saw it retries."""
+
+
+class FencedError(IngestError):
+    """The store refused a write from a run that lost its record to a newer run."""
 
 
 class SourceError(IngestError):

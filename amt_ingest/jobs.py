@@ -31,7 +31,7 @@ from arq.worker import Function, Worker, func
 
 from .config import Settings
 from .coordination import JOB_FUNCTION, QUEUE_NAME, REREAD_FIELD, Coordinator, PendingRecord
-from .errors import CoordinationError, StoreError
+from .errors import CoordinationError, FencedError, StoreError
 from .policy import job_retry_delay, throttle_wait
 from .store import Store
 
@@ -89,7 +89,12 @@ async def apply_record(ctx: dict[str, Any], topic: str, record_id: str) -> str:
         # Gap events need a re-read from Salesforce; counted so they are visible.
         bound.warning("gap_event_not_reread")
     try:
-        result = await store.apply(topic, record_id, record.org_id, changes)
+        result = await store.apply(topic, record_id, record.org_id, changes, fence=record.fence)
+    except FencedError as exc:
+        # This run lost its lease (its process stalled) and a newer run wrote the
+        # record: stop without touching the pending changes, which that run owns.
+        bound.warning("job_fenced", error=str(exc))
+        return "fenced"
     except StoreError as exc:
         if record.failures + 1 >= max_tries:
             try:

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -32,7 +33,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from .errors import StoreError
+from .errors import FencedError, StoreError
 from .events import TOPICS
 from .merge import StoredRecord, merge
 
@@ -62,6 +63,8 @@ def _table(name: str, columns: dict[str, tuple[str, Any]]) -> Table:
         Column("fields", _Json, nullable=False),
         Column("positions", _Json, nullable=False),
         Column("last_position", String(45), nullable=False),
+        # Fencing token of the last job run that wrote the row (see claim.lua).
+        Column("fence", BigInteger, nullable=False, default=0),
         Column("updated_at", DateTime(timezone=True), nullable=False),
     )
 
@@ -188,16 +191,26 @@ class Store:
             raise StoreError(f"database unreachable: {exc}") from exc
 
     async def apply(
-        self, topic: str, record_id: str, org_id: str, changes: dict[str, tuple[str, Any]]
+        self,
+        topic: str,
+        record_id: str,
+        org_id: str,
+        changes: dict[str, tuple[str, Any]],
+        *,
+        fence: int = 0,
     ) -> ApplyResult:
         """Merge changes into one record in one transaction (newest wins per field).
 
-        Safe to repeat: a change already stored is a no-op. Raises :class:`StoreError`.
+        Safe to repeat: a change already stored is a no-op. ``fence`` is the job
+        run's fencing token: a write with a token below the row's is refused with
+        :class:`FencedError` (a newer run owns the record). Raises :class:`StoreError`.
         """
         spec = TABLES[topic]
         for attempt in (1, 2):
             try:
-                return await self._apply_once(spec, record_id, org_id, changes)
+                return await self._apply_once(spec, record_id, org_id, changes, fence)
+            except FencedError:
+                raise
             except IntegrityError as exc:
                 # Another writer inserted the row first; the second pass updates it.
                 if attempt == 2:
@@ -207,17 +220,26 @@ class Store:
         raise AssertionError("unreachable")
 
     async def _apply_once(
-        self, spec: TableSpec, record_id: str, org_id: str, changes: dict[str, tuple[str, Any]]
+        self,
+        spec: TableSpec,
+        record_id: str,
+        org_id: str,
+        changes: dict[str, tuple[str, Any]],
+        fence: int,
     ) -> ApplyResult:
         t = spec.table
         async with self.engine.begin() as conn:
             row = (
                 await conn.execute(
-                    select(t.c.org_id, t.c.fields, t.c.positions, t.c.deleted)
+                    select(t.c.org_id, t.c.fields, t.c.positions, t.c.deleted, t.c.fence)
                     .where(t.c.id == record_id)
                     .with_for_update()
                 )
             ).first()
+            if row is not None and fence < row.fence:
+                raise FencedError(
+                    f"{spec.topic} {record_id}: fence {fence} is below the row's {row.fence}"
+                )
             current = (
                 StoredRecord(
                     org_id=row.org_id,
@@ -232,6 +254,7 @@ class Store:
             if result.applied == 0:
                 return ApplyResult(0, result.stale, created=False)
             values = _row_values(spec, result.record)
+            values["fence"] = max(fence, row.fence if row is not None else 0)
             if row is None:
                 await conn.execute(t.insert().values(id=record_id, **values))
             else:

@@ -408,3 +408,29 @@ async def test_dead_lettered_record_is_listed_and_replayed_once(coord, store, re
     assert row["fields"] == {"StageName": "C", "Name": "n"}
     assert row["deleted"] is False
     assert await coord.dead_records() == []
+
+
+async def test_a_run_that_lost_its_lease_cannot_write_after_its_successor(coord, store):
+    """A worker process frozen past its lease (and arq's in-progress timeout): arq reruns
+    the job elsewhere; when the frozen run wakes up, the store refuses its write."""
+    await coord.ingest([make_event(100, {"StageName": "A"})], path="ws")
+    ((job, _),) = await queued_jobs(coord)
+    frozen = await coord.claim("Opportunity", RID, job, token="run-1", lease_ms=50)
+    assert frozen is not None and not isinstance(frozen, int)
+    import asyncio
+
+    await asyncio.sleep(0.1)  # run 1 is frozen; its lease lapses
+    # Meanwhile a newer change arrives and the rerun (another process) takes over.
+    await coord.ingest([make_event(200, {"StageName": "B"})], path="sqs")
+    rerun = await coord.claim("Opportunity", RID, job, token="run-2", lease_ms=60_000)
+    assert rerun is not None and not isinstance(rerun, int)
+    assert rerun.fence > frozen.fence
+    await store.apply("Opportunity", RID, ORG, rerun.changes, fence=rerun.fence)
+    assert (await coord.complete(rerun, job))[0] == "released"
+    # Run 1 wakes up and tries to write what it read: refused.
+    from amt_ingest.errors import FencedError
+
+    with pytest.raises(FencedError):
+        await store.apply("Opportunity", RID, ORG, frozen.changes, fence=frozen.fence)
+    (row,) = [r async for r in store.export()]
+    assert row["fields"] == {"StageName": "B"}
