@@ -32,7 +32,10 @@ from arq.worker import Function, Worker, func
 from .config import Settings
 from .coordination import JOB_FUNCTION, QUEUE_NAME, REREAD_FIELD, Coordinator, PendingRecord
 from .errors import CoordinationError, FencedError, StoreError
+from .events import DELETED_FIELD
+from .merge import combine
 from .policy import job_retry_delay, throttle_wait
+from .salesforce import SalesforceClient, SalesforceError, snapshot_changes, snapshot_position
 from .store import Store
 
 __all__ = ["apply_record", "build_worker", "job_serializer"]
@@ -85,17 +88,17 @@ async def apply_record(ctx: dict[str, Any], topic: str, record_id: str) -> str:
             await _release(coordinator, record)
             raise Retry(defer=wait)
     changes = dict(record.changes)
-    if changes.pop(REREAD_FIELD, None) is not None:
-        # Gap events need a re-read from Salesforce; counted so they are visible.
-        bound.warning("gap_event_not_reread")
+    reread = changes.pop(REREAD_FIELD, None)
     try:
+        if reread is not None:
+            changes = await _hydrate(ctx, topic, record_id, changes, reread[0], bound)
         result = await store.apply(topic, record_id, record.org_id, changes, fence=record.fence)
     except FencedError as exc:
         # This run lost its lease (its process stalled) and a newer run wrote the
         # record: stop without touching the pending changes, which that run owns.
         bound.warning("job_fenced", error=str(exc))
         return "fenced"
-    except StoreError as exc:
+    except (StoreError, SalesforceError) as exc:
         if record.failures + 1 >= max_tries:
             try:
                 status = await coordinator.dead_letter_record(record, job_id, str(exc))
@@ -130,6 +133,34 @@ async def apply_record(ctx: dict[str, Any], topic: str, record_id: str) -> str:
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
     )
     return status
+
+
+async def _hydrate(
+    ctx: dict[str, Any],
+    topic: str,
+    record_id: str,
+    changes: dict[str, tuple[str, Any]],
+    reread_position: str,
+    bound: Any,
+) -> dict[str, tuple[str, Any]]:
+    """Add the record as Salesforce has it now (a gap event hid what changed).
+
+    The snapshot is positioned at its SystemModstamp: it wins over every change
+    at or before it and loses to later ones. A 404 is a tombstone at the gap's
+    position. A snapshot older than the gap is not the gap's content yet: retry.
+    """
+    client: SalesforceClient = ctx["salesforce"]
+    snapshot = await client.get_record(topic, record_id)
+    if snapshot is None:
+        bound.info("record_reread", outcome="not_found")
+        return combine(changes, {DELETED_FIELD: (reread_position, True)})
+    position = snapshot_position(snapshot.modstamp_ms)
+    if position < reread_position:
+        raise SalesforceError(
+            f"{topic} {record_id}: SystemModstamp {snapshot.modstamp_ms} predates the gap"
+        )
+    bound.info("record_reread", outcome="snapshot", fields=len(snapshot.fields))
+    return combine(changes, snapshot_changes(snapshot))
 
 
 async def reap_orphans(ctx: dict[str, Any]) -> int:
@@ -193,6 +224,7 @@ def build_worker(
     pool: ArqRedis,
     coordinator: Coordinator,
     store: Store,
+    salesforce: SalesforceClient,
     handle_signals: bool,
     burst: bool = False,
 ) -> Worker:
@@ -222,6 +254,7 @@ def build_worker(
         ctx={
             "coordinator": coordinator,
             "store": store,
+            "salesforce": salesforce,
             "max_tries": settings.job_max_tries,
             "lease_ms": lease_ms(settings),
         },

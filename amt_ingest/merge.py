@@ -15,7 +15,7 @@ from typing import Any
 
 from .events import DELETED_FIELD
 
-__all__ = ["MergeResult", "StoredRecord", "merge"]
+__all__ = ["MergeResult", "StoredRecord", "combine", "merge"]
 
 
 @dataclass(slots=True)
@@ -72,3 +72,15 @@ def merge(
             record.fields[name] = value
         applied += 1
     return MergeResult(record=record, applied=applied, stale=stale)
+
+
+def combine(
+    changes: dict[str, tuple[str, Any]], other: dict[str, tuple[str, Any]]
+) -> dict[str, tuple[str, Any]]:
+    """Two sets of positioned changes as one: per field, the newer position wins."""
+    out = dict(changes)
+    for name, (position, value) in other.items():
+        held = out.get(name)
+        if held is None or held[0] < position:
+            out[name] = (position, value)
+    return out

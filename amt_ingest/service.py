@@ -28,6 +28,7 @@ from .health import HealthServer
 from .jobs import build_worker, create_arq_pool
 from .policy import backoff
 from .router import Router
+from .salesforce import SalesforceClient
 from .sources.sqs import SqsPoller
 from .sources.websocket import WebSocketListener
 from .store import Store
@@ -66,11 +67,20 @@ class WorkerRunner:
     the old worker started run to their end meanwhile.
     """
 
-    def __init__(self, settings: Settings, *, pool: Any, coordinator: Coordinator, store: Store):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        pool: Any,
+        coordinator: Coordinator,
+        store: Store,
+        salesforce: SalesforceClient,
+    ):
         self.settings = settings
         self.pool = pool
         self.coordinator = coordinator
         self.store = store
+        self.salesforce = salesforce
         self.workers: list[Any] = []
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -81,6 +91,7 @@ class WorkerRunner:
                 pool=self.pool,
                 coordinator=self.coordinator,
                 store=self.store,
+                salesforce=self.salesforce,
                 handle_signals=False,
             )
             self.workers = [w for w in self.workers if _running(w)] + [worker]
@@ -187,7 +198,11 @@ async def run_service(
         if worker:
             pool = await create_arq_pool(settings)
             stack.push_async_callback(pool.aclose)
-            runner = WorkerRunner(settings, pool=pool, coordinator=coordinator, store=store)
+            salesforce = SalesforceClient(settings.salesforce_base_url, token=settings.read_token)
+            stack.push_async_callback(salesforce.aclose)
+            runner = WorkerRunner(
+                settings, pool=pool, coordinator=coordinator, store=store, salesforce=salesforce
+            )
             tasks["worker"] = asyncio.create_task(runner.run(stop), name="worker")
 
         async def redis_ok() -> tuple[bool, str]:

@@ -234,14 +234,24 @@ async def test_arq_worker_runs_the_jobs(coord, store, redis_url):
     dup = copy.copy(events[0])
     await coord.ingest(events, path="ws")
     await coord.ingest([dup], path="sqs")
+    from amt_ingest.salesforce import SalesforceClient
+
+    salesforce = SalesforceClient("http://127.0.0.1:1", token=lambda: "unused")
     pool = await create_arq_pool(settings)
     worker = build_worker(
-        settings, pool=pool, coordinator=coord, store=store, handle_signals=False, burst=True
+        settings,
+        pool=pool,
+        coordinator=coord,
+        store=store,
+        salesforce=salesforce,
+        handle_signals=False,
+        burst=True,
     )
     try:
         await worker.main()
     finally:
         await pool.aclose()
+        await salesforce.aclose()
     # 20 record jobs, plus the reaper's cron run if a tick fell inside the test.
     assert worker.jobs_complete in (20, 21) and worker.jobs_failed == 0
     rows = [r async for r in store.export()]

@@ -1,0 +1,165 @@
+"""Gap events: the record is re-read from Salesforce (the simulator's REST API)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from amt_ingest.coordination import Coordinator
+from amt_ingest.events import Event, parse_event
+from amt_ingest.jobs import apply_record
+from amt_ingest.salesforce import SalesforceClient, SalesforceError, parse_modstamp
+from amt_ingest.simulator import Simulator, SimulatorOptions
+from tests.conftest import SAMPLES
+from tests.integration.test_coordination import make_event, queued_jobs
+
+TOKEN = "sf-token"
+
+
+@pytest.fixture
+async def sim():
+    simulator = Simulator(
+        SimulatorOptions(
+            port=0, sf_port=0, sns=False, events=400, rate=0, records=50, token=TOKEN, page_size=7
+        )
+    )
+    await simulator.start()
+    await simulator.run()
+    yield simulator
+    await simulator.stop()
+
+
+@pytest.fixture
+async def coord(redis_url):
+    client = aioredis.Redis.from_url(redis_url)
+    yield Coordinator(client, dedup_ttl=3600)
+    await client.aclose()
+
+
+def gap_event(topic: str, record_id: str, ts: int, change: str = "GAP_UPDATE") -> Event:
+    obj = json.loads((SAMPLES / "event-items-gap-update.json").read_text())
+    obj["event_id"] = str(uuid.uuid4())
+    obj["topic"] = topic
+    obj["payload"]["ChangeEventHeader"].update(
+        entityName=topic,
+        recordIds=[record_id],
+        changeType=change,
+        commitTimestamp=ts,
+        commitNumber=ts,
+    )
+    event = parse_event(obj)
+    assert isinstance(event, Event), event
+    return event
+
+
+async def run_all(coord, store, client) -> list[str]:
+    outcomes = []
+    for job_id, (topic, rid) in await queued_jobs(coord):
+        ctx = {
+            "coordinator": coord,
+            "store": store,
+            "salesforce": client,
+            "max_tries": 16,
+            "job_id": job_id,
+            "job_try": 1,
+            "lease_ms": 5000,
+        }
+        outcomes.append(await apply_record(ctx, topic, rid))
+    return outcomes
+
+
+async def test_gap_event_rereads_the_record(sim, coord, store):
+    truth = {(r["topic"], r["id"]): r for r in sim.world.truth()}
+    (topic, rid), want = next((k, v) for k, v in truth.items() if not v["deleted"])
+    client = SalesforceClient(sim.sf_url, token=lambda: TOKEN)
+    try:
+        snapshot = await client.get_record(topic, rid)
+        assert snapshot is not None
+        await coord.ingest([gap_event(topic, rid, snapshot.modstamp_ms - 1000)], path="ws")
+        assert await run_all(coord, store, client) == ["released"]
+    finally:
+        await client.aclose()
+    (row,) = [r async for r in store.export()]
+    assert row == want
+
+
+async def test_snapshot_loses_to_a_later_change_and_wins_over_earlier(sim, coord, store):
+    truth = {(r["topic"], r["id"]): r for r in sim.world.truth()}
+    (topic, rid), want = next(
+        (k, v) for k, v in truth.items() if k[0] == "Opportunity" and not v["deleted"]
+    )
+    client = SalesforceClient(sim.sf_url, token=lambda: TOKEN)
+    try:
+        snapshot = await client.get_record(topic, rid)
+        assert snapshot is not None
+        ms = snapshot.modstamp_ms
+        await coord.ingest(
+            [
+                gap_event(topic, rid, ms - 5000),
+                make_event(ms - 10_000, {"StageName": "older"}, record_ids=(rid,)),
+                make_event(ms + 10_000, {"StageName": "later"}, record_ids=(rid,)),
+            ],
+            path="sqs",
+        )
+        assert await run_all(coord, store, client) == ["released"]
+    finally:
+        await client.aclose()
+    (row,) = [r async for r in store.export()]
+    assert row["fields"] == {**want["fields"], "StageName": "later"}
+
+
+async def test_record_that_salesforce_does_not_have_is_a_tombstone(sim, coord, store):
+    client = SalesforceClient(sim.sf_url, token=lambda: TOKEN)
+    try:
+        rid = "0065g00000NoSuchAA"
+        await coord.ingest(
+            [make_event(100, {"Name": "x"}, record_ids=(rid,), change="CREATE")], path="ws"
+        )
+        await coord.ingest([gap_event("Opportunity", rid, 200, "GAP_DELETE")], path="ws")
+        assert await run_all(coord, store, client) == ["released"]
+    finally:
+        await client.aclose()
+    (row,) = [r async for r in store.export()]
+    assert row["deleted"] is True and row["fields"] == {"Name": "x"}
+
+
+async def test_rest_failures_are_retried_then_raised(sim):
+    bad_token = SalesforceClient(
+        sim.sf_url, token=lambda: "wrong", delays=lambda: iter([0.01] * 10)
+    )
+    nowhere = SalesforceClient(
+        "http://127.0.0.1:1", token=lambda: TOKEN, attempts=3, delays=lambda: iter([0.01] * 10)
+    )
+    try:
+        with pytest.raises(SalesforceError, match="401"):
+            await bad_token.get_record("Opportunity", "006x")
+        with pytest.raises(SalesforceError, match="after 3 attempts"):
+            await nowhere.get_record("Opportunity", "006x")
+    finally:
+        await bad_token.aclose()
+        await nowhere.aclose()
+
+
+async def test_modified_since_pages_through_every_record(sim):
+    import datetime as dt
+
+    client = SalesforceClient(sim.sf_url, token=lambda: TOKEN)
+    try:
+        since = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+        ids = [i async for i in client.modified_since("Opportunity", since)]
+    finally:
+        await client.aclose()
+    expected = [
+        r["id"] for r in sim.world.truth() if r["topic"] == "Opportunity" and not r["deleted"]
+    ]
+    assert sorted(ids) == sorted(expected)
+
+
+def test_modstamp_formats():
+    assert parse_modstamp("2026-11-25T09:49:18.000Z") == parse_modstamp(
+        "2026-11-25T09:49:18.000+0000"
+    )
+    assert parse_modstamp("2026-11-25T09:49:18.123Z") % 1000 == 123
