@@ -13,6 +13,7 @@ import orjson
 from . import __version__
 from .config import ConfigError, Settings, load_settings
 from .errors import IngestError
+from .events import TOPICS
 from .telemetry import configure_logging
 
 __all__ = ["main"]
@@ -103,6 +104,23 @@ def _parser() -> argparse.ArgumentParser:
     dlq.add_argument("--org", help="only this org id (15 or 18 characters)")
     dlq.add_argument("--id", dest="record_id", help="only this record id")
     dlq.add_argument("--dry-run", action="store_true", help="replay: say what would be replayed")
+
+    resync = sub.add_parser(
+        "resync",
+        help="re-read every record of a type modified since an instant",
+        description="Mark every record of TOPIC that Salesforce says was modified at or after "
+        "--since for a re-read; the service's workers re-read and apply them. Resumable: "
+        "run the same command again (same --id) to continue an interrupted resync.",
+    )
+    resync.add_argument("topic", choices=list(TOPICS))
+    resync.add_argument(
+        "--since", required=True, help="ISO-8601 instant, e.g. 2026-11-25T09:00:00Z"
+    )
+    resync.add_argument("--org", help="org id of the records (default: AMT_ALLOWED_ORG_IDS if one)")
+    resync.add_argument(
+        "--rate", type=float, help="records marked per second (default AMT_RESYNC_RATE)"
+    )
+    resync.add_argument("--id", dest="resync_id", help="resync id, to resume one (default: new)")
 
     export = sub.add_parser(
         "export",
@@ -226,6 +244,78 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
         await client.aclose()
 
 
+async def _resync(settings: Settings, args: argparse.Namespace) -> int:
+    import datetime as dt
+    import uuid
+
+    import redis.asyncio as aioredis
+
+    from .coordination import Coordinator
+    from .resync import position_at, run_resync
+    from .salesforce import SalesforceClient
+
+    try:
+        since = dt.datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+    except ValueError:
+        print(f"amt_ingest: --since {args.since!r} is not an ISO-8601 instant", file=sys.stderr)
+        return 2
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=dt.UTC)
+    org = args.org or (settings.allowed_org_ids[0] if len(settings.allowed_org_ids) == 1 else None)
+    if org is None:
+        print(
+            "amt_ingest: name the org with --org (AMT_ALLOWED_ORG_IDS holds no single org)",
+            file=sys.stderr,
+        )
+        return 2
+    resync_id = args.resync_id or f"cli-{uuid.uuid4().hex[:12]}"
+    client = aioredis.Redis.from_url(settings.redis_url)
+    salesforce = SalesforceClient(settings.salesforce_base_url, token=settings.read_token)
+    bar = _ProgressBar(f"resync {args.topic}")
+    try:
+        result = await run_resync(
+            Coordinator(client, dedup_ttl=settings.dedup_ttl_seconds),
+            salesforce,
+            topic=args.topic,
+            position=position_at(since),
+            org=org,
+            resync_id=resync_id,
+            rate=args.rate or settings.resync_rate,
+            on_progress=bar.update,
+        )
+    finally:
+        bar.close()
+        await salesforce.aclose()
+        await client.aclose()
+    print(
+        f"resync {resync_id}: {result.found} records modified since {since.isoformat()}, "
+        f"{result.marked} marked for a re-read, {result.already_done} done before"
+    )
+    return 0
+
+
+class _ProgressBar:
+    """A one-line progress bar on standard error (only on a terminal)."""
+
+    def __init__(self, label: str, width: int = 30):
+        self.label = label
+        self.width = width
+        self.tty = sys.stderr.isatty()
+
+    def update(self, done: int, total: int) -> None:
+        if not self.tty or total <= 0:
+            return
+        filled = self.width * done // total
+        sys.stderr.write(
+            f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total}"
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "run"
@@ -254,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_throttle(settings, args))
         if command == "dlq":
             return asyncio.run(_dlq(settings, args))
+        if command == "resync":
+            return asyncio.run(_resync(settings, args))
     except ConfigError as exc:
         print(f"amt_ingest: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     job_max_tries: int = Field(16, ge=1, le=100)
     shutdown_grace: float = Field(20.0, ge=0)
     max_queued_jobs: int = Field(20_000, ge=1)
+    resync_rate: float = Field(100.0, gt=0)
     dead_letter_file: Path = Path("./amt_ingest-dead-letters.jsonl")
 
     # Operations

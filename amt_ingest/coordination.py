@@ -13,6 +13,7 @@ Keys:
 - ``arq:job:<id>``, ``amt:queue``   arq's job payloads and queue, written by the scripts
 - ``amt:cursor:<name>``             WebSocket resume point
 - ``amt:throttle``                  the operator's retry throttle (mode, factor)
+- ``amt:resync:<id>``, ``amt:resyncs``  resyncs of a type: progress, ids done (resumable)
 - ``amt:stats``                     counters (``<kind>:<path>:<topic>`` and reasons)
 - ``amt:dead:records``              dead-lettered records (hash: ``<topic>:<id>`` -> JSON)
 
@@ -51,6 +52,9 @@ QUEUE_NAME: Final = "amt:queue"
 JOB_FUNCTION: Final = "apply_record"
 REREAD_FIELD: Final = "__reread__"
 STATS_KEY: Final = "amt:stats"
+RESYNC_FUNCTION: Final = "resync_topic"
+RESYNCS_KEY: Final = "amt:resyncs"
+RESYNC_TTL_S: Final = 7 * 24 * 3600
 THROTTLE_KEY: Final = "amt:throttle"
 DEAD_RECORDS_KEY: Final = "amt:dead:records"
 JOB_TTL_MS: Final = 72 * 3600 * 1000  # longer than the 15-retry schedule (about 36 h)
@@ -72,6 +76,16 @@ async def _done(result: Awaitable[T] | T, what: str = "a Redis call") -> T:
 _UNLEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+
+# Keep the newest position seen (and its org) in a hash.
+_KEEP_NEWEST: Final = """
+local held = redis.call('HGET', KEYS[1], 'position')
+if (not held) or held < ARGV[1] then
+  redis.call('HSET', KEYS[1], 'position', ARGV[1], 'org', ARGV[2])
+end
+return 1
 """
 
 
@@ -166,6 +180,7 @@ class Coordinator:
         self._reap = client.register_script(_script("reap.lua"))
         self._claim = client.register_script(_script("claim.lua"))
         self._replay = client.register_script(_script("replay.lua"))
+        self._mark = client.register_script(_script("mark.lua"))
         self._unlease = client.register_script(_UNLEASE)
 
     # -- hand-off ------------------------------------------------------------
@@ -394,6 +409,83 @@ class Coordinator:
             raise CoordinationError(f"reaping failed: {exc}") from exc
         return recovered
 
+    # -- resyncs ---------------------------------------------------------------
+
+    async def mark_for_reread(self, topic: str, record_id: str, *, position: str, org: str) -> bool:
+        """Have the record re-read by its job (a resync found it modified)."""
+        try:
+            merged = await self._mark(
+                keys=[record_key(topic, record_id)],
+                args=[position, org, self.queue_name, JOB_TTL_MS, JOB_FUNCTION, topic, record_id],
+            )
+        except (RedisError, OSError) as exc:
+            raise CoordinationError(f"marking {topic} {record_id} failed: {exc}") from exc
+        return bool(merged)
+
+    async def enqueue_resync(self, topic: str, *, position: str, org: str, resync_id: str) -> None:
+        """Queue a resync job of ``topic`` from ``position`` (idempotent per ``resync_id``)."""
+        job = orjson.dumps(
+            {
+                "t": None,
+                "f": RESYNC_FUNCTION,
+                "a": [topic, position, org, resync_id],
+                "k": {},
+                "et": int(time.time() * 1000),
+            }
+        )
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(f"arq:job:resync:{resync_id}", job, px=JOB_TTL_MS, nx=True)
+        pipe.zadd(self.queue_name, {f"resync:{resync_id}": int(time.time() * 1000)}, nx=True)
+        try:
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise CoordinationError(f"queueing the resync of {topic} failed: {exc}") from exc
+
+    async def resync_progress(self, resync_id: str) -> dict[str, str]:
+        raw = await _done(self.redis.hgetall(f"amt:resync:{resync_id}"), "reading a resync")
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def update_resync(self, resync_id: str, **fields: str | int) -> None:
+        key = f"amt:resync:{resync_id}"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, RESYNC_TTL_S)
+        pipe.zadd(RESYNCS_KEY, {resync_id: int(time.time() * 1000)}, nx=True)
+        await self._execute(pipe, "saving resync progress")
+
+    async def resync_done_ids(self, resync_id: str, ids: Sequence[str]) -> list[bool]:
+        if not ids:
+            return []
+        flags = await _done(
+            self.redis.smismember(f"amt:resync:{resync_id}:done", list(ids)), "reading a resync"
+        )
+        return [bool(f) for f in flags]
+
+    async def resync_mark_done(self, resync_id: str, record_id: str) -> None:
+        key = f"amt:resync:{resync_id}:done"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sadd(key, record_id)
+        pipe.expire(key, RESYNC_TTL_S)
+        pipe.hincrby(f"amt:resync:{resync_id}", "marked", 1)
+        await self._execute(pipe, "saving resync progress")
+
+    @staticmethod
+    async def _execute(pipe: Any, what: str) -> list[Any]:
+        try:
+            return list(await pipe.execute())
+        except (RedisError, OSError) as exc:
+            raise CoordinationError(f"{what} failed: {exc}") from exc
+
+    async def resyncs(self) -> list[dict[str, str]]:
+        """Recent resyncs, newest first, with their progress."""
+        ids = await _done(self.redis.zrevrange(RESYNCS_KEY, 0, 49), "listing resyncs")
+        out = []
+        for raw in ids:
+            progress = await self.resync_progress(raw.decode())
+            if progress:
+                out.append({"id": raw.decode(), **progress})
+        return out
+
     # -- cursors and counters ----------------------------------------------------
 
     async def get_cursor(self, name: str) -> str | None:
@@ -403,11 +495,24 @@ class Coordinator:
             raise CoordinationError(f"reading the {name} cursor failed: {exc}") from exc
         return value.decode() if value is not None else None
 
-    async def set_cursor(self, name: str, replay_id: str) -> None:
-        try:
-            await self.redis.set(f"amt:cursor:{name}", replay_id)
-        except (RedisError, OSError) as exc:
-            raise CoordinationError(f"saving the {name} cursor failed: {exc}") from exc
+    async def set_cursor(
+        self, name: str, replay_id: str, *, position: str | None = None, org: str | None = None
+    ) -> None:
+        """Save the resume point; ``position``/``org`` of the newest event handed off
+        with it are kept beside it (where a resync starts if the point expires)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(f"amt:cursor:{name}", replay_id)
+        if position is not None and org is not None:
+            meta = f"amt:cursor:{name}:newest"
+            pipe.eval(_KEEP_NEWEST, 1, meta, position, org)
+        await self._execute(pipe, f"saving the {name} cursor")
+
+    async def cursor_newest(self, name: str) -> tuple[str, str] | None:
+        """``(position, org)`` of the newest event handed off on this cursor, if any."""
+        raw = await _done(self.redis.hgetall(f"amt:cursor:{name}:newest"), "reading a cursor")
+        if b"position" not in raw:
+            return None
+        return raw[b"position"].decode(), raw[b"org"].decode()
 
     async def stats(self) -> dict[str, int]:
         raw = await _done(self.redis.hgetall(STATS_KEY))

@@ -19,7 +19,7 @@
 -- Counts the outcome in amt:stats as <outcome>:<path>:<topic>.
 -- Returns {outcome, first_path, first_ms, first_ctx, jobs_created}
 -- outcome: "first", "duplicate" or "stale" (nothing newer than what is pending).
--- An event without records (GAP_OVERFLOW) is only deduplicated.
+-- An event without records (GAP_OVERFLOW) queues a resync job of its type.
 
 local evt = KEYS[1]
 local path = ARGV[1]
@@ -66,6 +66,13 @@ for k = 2, #KEYS do
       jobs = jobs + 1
     end
   end
+end
+
+if #KEYS == 1 then
+  -- GAP_OVERFLOW: no record ids; the whole type is resynced from this position.
+  local event_id = string.sub(evt, 9)
+  enqueue(queue, 'resync:' .. event_id, job_ttl, 'resync_topic', {topic, pos, org, event_id})
+  jobs = 1
 end
 
 if merged_any or #KEYS == 1 then

@@ -30,11 +30,19 @@ from arq.cron import cron
 from arq.worker import Function, Worker, func
 
 from .config import Settings
-from .coordination import JOB_FUNCTION, QUEUE_NAME, REREAD_FIELD, Coordinator, PendingRecord
+from .coordination import (
+    JOB_FUNCTION,
+    QUEUE_NAME,
+    REREAD_FIELD,
+    RESYNC_FUNCTION,
+    Coordinator,
+    PendingRecord,
+)
 from .errors import CoordinationError, FencedError, StoreError
 from .events import DELETED_FIELD
 from .merge import combine
 from .policy import job_retry_delay, throttle_wait
+from .resync import resync_topic
 from .salesforce import SalesforceClient, SalesforceError, snapshot_changes, snapshot_position
 from .store import Store
 
@@ -44,6 +52,7 @@ log = structlog.get_logger("amt_ingest.jobs")
 
 COORDINATION_RETRY_S: Final = 5.0
 ARQ_MAX_TRIES: Final = 1_000_000
+RESYNC_TIMEOUT_S: Final = 6 * 3600
 
 
 def job_serializer(data: dict[str, Any]) -> bytes:
@@ -230,7 +239,15 @@ def build_worker(
 ) -> Worker:
     """An arq worker for the record jobs, sharing the process's Redis pool and store."""
     return Worker(
-        functions=[worker_function(settings)],
+        functions=[
+            worker_function(settings),
+            func(
+                resync_topic,
+                name=RESYNC_FUNCTION,
+                max_tries=ARQ_MAX_TRIES,
+                timeout=RESYNC_TIMEOUT_S,
+            ),
+        ],
         cron_jobs=[
             cron(
                 reap_orphans,
@@ -257,6 +274,7 @@ def build_worker(
             "salesforce": salesforce,
             "max_tries": settings.job_max_tries,
             "lease_ms": lease_ms(settings),
+            "resync_rate": settings.resync_rate,
         },
         log_results=False,
     )

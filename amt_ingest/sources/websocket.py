@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -194,8 +195,9 @@ class WebSocketListener:
                 log.warning(
                     "ws_resume_point_expired",
                     reason=reason,
-                    hint="resubscribing from earliest; the window may hold a gap",
+                    hint="resubscribing from earliest and resyncing every type",
                 )
+                await self._resync_expired_window()
             if action == REFRESH_TOKEN:
                 log.info("ws_token_refresh", reason=reason)
             if action == REFRESH_TOKEN and self._token_changed(token):
@@ -211,6 +213,23 @@ class WebSocketListener:
             log.warning("ws_reconnecting", reason=reason, action=action, delay_s=round(delay, 2))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def _resync_expired_window(self) -> None:
+        """Events between the last hand-off and what Passport still holds may never
+        come: resync every type from the newest event handed off."""
+        try:
+            newest = await self.coordinator.cursor_newest(CURSOR)
+            if newest is None:
+                return  # nothing handed off yet: `earliest` covers everything retained
+            position, org = newest
+            window = uuid.uuid4().hex[:12]
+            for topic in TOPICS:
+                await self.coordinator.enqueue_resync(
+                    topic, position=position, org=org, resync_id=f"expired-{window}-{topic}"
+                )
+            log.warning("ws_resync_queued", since_position=position, topics=list(TOPICS))
+        except CoordinationError as exc:
+            log.error("ws_resync_not_queued", error=str(exc))
 
     def _token_changed(self, old: str) -> bool:
         try:
@@ -349,7 +368,13 @@ class WebSocketListener:
                 await self.router.route(events, path="ws")
             last = next((i.replay_id for i in reversed(frame.items) if i.replay_id), None)
             if last is not None:
-                await self.coordinator.set_cursor(CURSOR, last)
+                newest = max(events, key=lambda e: e.position, default=None)
+                await self.coordinator.set_cursor(
+                    CURSOR,
+                    last,
+                    position=newest.position if newest else None,
+                    org=newest.org_id if newest else None,
+                )
             self.state.events_handed_off += len(events)
             if frame.items:
                 await ws.send(orjson.dumps({"type": "credit", "n": len(frame.items)}).decode())

@@ -163,3 +163,161 @@ def test_modstamp_formats():
         "2026-11-25T09:49:18.000+0000"
     )
     assert parse_modstamp("2026-11-25T09:49:18.123Z") % 1000 == 123
+
+
+def overflow_event(topic: str, ts: int) -> Event:
+    obj = json.loads((SAMPLES / "event-opportunity-gap-overflow.json").read_text())
+    obj["event_id"] = str(uuid.uuid4())
+    obj["topic"] = topic
+    obj["payload"]["ChangeEventHeader"].update(
+        entityName=topic, commitTimestamp=ts, commitNumber=ts
+    )
+    event = parse_event(obj)
+    assert isinstance(event, Event), event
+    return event
+
+
+async def run_queue(coord, store, client) -> list[str]:
+    """Run every queued job (resyncs first), as a worker would, until the queue is empty."""
+    from amt_ingest.resync import resync_topic
+
+    outcomes = []
+    while jobs := await queued_jobs(coord):
+        for job_id, args in jobs:
+            await coord.redis.zrem("amt:queue", job_id)
+            ctx = {
+                "coordinator": coord,
+                "store": store,
+                "salesforce": client,
+                "max_tries": 16,
+                "job_id": job_id,
+                "job_try": 1,
+                "lease_ms": 5000,
+                "resync_rate": 0,
+            }
+            if job_id.startswith("resync:"):
+                outcomes.append(f"resync:{await resync_topic(ctx, *args)}")
+            else:
+                outcomes.append(await apply_record(ctx, *args))
+    return outcomes
+
+
+async def test_overflow_resyncs_the_type_from_its_commit_time(sim, coord, store):
+    truth = [r for r in sim.world.truth() if r["topic"] == "External_Attachment__c"]
+    client = SalesforceClient(sim.sf_url, token=lambda: TOKEN)
+    try:
+        modstamps = {}
+        for record in truth:
+            snap = await client.get_record(record["topic"], record["id"])
+            if snap is not None:
+                modstamps[record["id"]] = snap.modstamp_ms
+        cut = sorted(modstamps.values())[len(modstamps) // 2]
+        overflow = overflow_event("External_Attachment__c", cut)
+        (result,) = await coord.ingest([overflow], path="ws")
+        assert result.outcome == "first" and result.jobs_created == 1
+        # The same overflow on the other path starts nothing more.
+        (again,) = await coord.ingest([overflow], path="sqs")
+        assert again.outcome == "duplicate" and again.jobs_created == 0
+        outcomes = await run_queue(coord, store, client)
+    finally:
+        await client.aclose()
+    expected = {rid for rid, ms in modstamps.items() if ms >= cut}
+    assert outcomes[0] == f"resync:{len(expected)}"
+    rows = {r["id"]: r async for r in store.export()}
+    assert set(rows) == expected
+    for record in truth:
+        if record["id"] in expected:
+            assert rows[record["id"]] == record
+
+
+async def test_a_resync_resumes_where_it_stopped(sim, coord):
+    import datetime as dt
+
+    from amt_ingest.resync import position_at, run_resync
+
+    client = SalesforceClient(sim.sf_url, token=lambda: TOKEN)
+    since = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    marked: list[int] = []
+
+    def stop_after_five(done: int, total: int) -> None:
+        marked.append(done)
+        if done == 5:
+            raise KeyboardInterrupt  # the operator's Ctrl-C
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            await run_resync(
+                coord,
+                client,
+                topic="Opportunity",
+                position=position_at(since),
+                org="00D5g000004ZzABEA0",
+                resync_id="r1",
+                rate=0,
+                on_progress=stop_after_five,
+            )
+        again = await run_resync(
+            coord,
+            client,
+            topic="Opportunity",
+            position=position_at(since),
+            org="00D5g000004ZzABEA0",
+            resync_id="r1",
+            rate=0,
+        )
+    finally:
+        await client.aclose()
+    assert again.already_done == 5
+    assert again.marked == again.found - 5
+    progress = await coord.resync_progress("r1")
+    assert progress["state"] == "done" and int(progress["marked"]) == again.found
+
+
+async def test_resync_command_marks_records_for_the_workers(sim, coord, redis_url):
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMT_")}
+    env.update(
+        AMT_REDIS_URL=redis_url,
+        AMT_SALESFORCE_BASE_URL=sim.sf_url,
+        AMT_PASSPORT_TOKEN=TOKEN,
+        AMT_ALLOWED_ORG_IDS="00D5g000004ZzABEA0",
+    )
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "amt_ingest",
+            "resync",
+            "Application_Item__c",
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--rate",
+            "0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    alive = [
+        r for r in sim.world.truth() if r["topic"] == "Application_Item__c" and not r["deleted"]
+    ]
+    assert f"{len(alive)} records modified" in out.stdout
+    assert len(await queued_jobs(coord)) == len(alive)
+    bad = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "amt_ingest", "resync", "Opportunity", "--since", "yesterday"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2 and "ISO-8601" in bad.stderr

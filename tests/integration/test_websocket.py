@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -551,6 +552,27 @@ async def test_expired_cursor_resubscribes_from_earliest(
     await assert_everything_once(r)
     assert (await r.counts())["duplicate"] == 0
     assert r.dead_letters() == []
+
+
+async def test_expired_resume_point_queues_a_resync_of_every_type(rig: RigFactory) -> None:
+    """Events in the expired window may never come: each type is resynced from the
+    newest event handed off before the expiry."""
+    from amt_ingest.events import TOPICS, position_key
+
+    r = await rig(events=20, faults=Faults(subscribed=expire_first))
+    await r.sim.run()
+    newest = position_key(1764064158000, 74487681550, 1)
+    await r.coord.set_cursor("ws", encode_replay_id(5), position=newest, org="00D5g000004ZzABEA0")
+    running = r.start()
+    await until(r.delivered, what="everything from earliest")
+    resyncs = [
+        orjson.loads(await r.coord.redis.get(b"arq:job:" + job_id))["a"]
+        for job_id in await r.coord.redis.zrange("amt:queue", 0, -1)
+        if job_id.startswith(b"resync:")
+    ]
+    assert sorted(a[0] for a in resyncs) == sorted(TOPICS)
+    assert all(a[1] == newest and a[2] == "00D5g000004ZzABEA0" for a in resyncs)
+    assert running.listener.state.reconnects == 1
 
 
 # --- 7. half-open connection ---------------------------------------------------------------
