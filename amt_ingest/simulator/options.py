@@ -19,6 +19,9 @@ class SimulatorOptions:
     a free port (read it from :attr:`Simulator.ws_port` / ``sf_port``).
     ``events`` 0 generates forever; ``rate`` 0 generates as fast as the
     consumer paths accept; ``retention`` 0 keeps the whole stream replayable.
+    ``gap_rate`` and ``overflow_rate`` withhold content of main-org changes
+    (see :class:`~amt_ingest.simulator.world.DeliveryRates`); the truth and the
+    REST API keep the real changes.
     """
 
     host: str = "127.0.0.1"
@@ -39,6 +42,8 @@ class SimulatorOptions:
     sqs_only_rate: float = 0.0
     foreign_org_rate: float = 0.0
     malformed_rate: float = 0.0
+    gap_rate: float = 0.0
+    overflow_rate: float = 0.0
     max_batch: int = 100
     heartbeat_interval: float = 15.0
     retention: int = 0
@@ -51,7 +56,7 @@ class SimulatorOptions:
 
     def __post_init__(self) -> None:
         rates = ("dup_rate", "ooo_rate", "ws_only_rate", "sqs_only_rate")
-        for name in (*rates, "foreign_org_rate", "malformed_rate"):
+        for name in (*rates, "foreign_org_rate", "malformed_rate", "gap_rate", "overflow_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")
         if self.ws_only_rate + self.sqs_only_rate > 1.0:
@@ -103,11 +108,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--sqs-only-rate", type=_rate, default=d.sqs_only_rate)
     faults.add_argument("--foreign-org-rate", type=_rate, default=d.foreign_org_rate)
     faults.add_argument("--malformed-rate", type=_rate, default=d.malformed_rate)
+    faults.add_argument(
+        "--gap-rate",
+        type=_rate,
+        default=d.gap_rate,
+        help="main-org change sent as GAP_CREATE/UPDATE/DELETE/UNDELETE: header and"
+        " recordIds, no fields (the truth and REST API keep the change; re-read it)",
+    )
+    faults.add_argument(
+        "--overflow-rate",
+        type=_rate,
+        default=d.overflow_rate,
+        help="main-org transaction changing 2+ records and deleting none sent as one"
+        " GAP_OVERFLOW per topic instead of its events (resync: REST query from its"
+        " commitTimestamp)",
+    )
     proto = parser.add_argument_group("protocol")
     proto.add_argument("--max-batch", type=int, default=d.max_batch, help="events per frame")
     proto.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval)
     proto.add_argument(
-        "--retention", type=int, default=d.retention, help="replayable events, 0 = all"
+        "--retention",
+        type=int,
+        default=d.retention,
+        help="replayable events, 0 = all; resuming from an older replay id gets"
+        " replay_id_expired and close 4410 (tests: Simulator.expire_replay_ids())",
     )
     proto.add_argument("--page-size", type=int, default=d.page_size, help="REST query page size")
     out = parser.add_argument_group("outputs")
@@ -146,6 +170,8 @@ def options_from_args(ns: argparse.Namespace) -> SimulatorOptions:
         sqs_only_rate=ns.sqs_only_rate,
         foreign_org_rate=ns.foreign_org_rate,
         malformed_rate=ns.malformed_rate,
+        gap_rate=ns.gap_rate,
+        overflow_rate=ns.overflow_rate,
         max_batch=ns.max_batch,
         heartbeat_interval=ns.heartbeat_interval,
         retention=ns.retention,

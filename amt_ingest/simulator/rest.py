@@ -6,6 +6,11 @@
   the ids of live records changed since then, oldest change first, in pages;
   ``GET /services/data/v61.0/query/{locator}-{offset}`` reads the next page.
 
+The truth holds every real change, those the stream withheld included
+(``GAP_*``, ``GAP_OVERFLOW``): a record's ``SystemModstamp`` is the commit time
+of its last change, so a query from an overflow's ``commitTimestamp`` lists
+every record its transaction changed that is still live.
+
 Every request needs ``Authorization: Bearer <token>`` (401 ``INVALID_SESSION_ID``).
 Error bodies are lists of ``{"errorCode", "message"}`` as Salesforce sends them.
 """

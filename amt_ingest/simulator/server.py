@@ -7,6 +7,11 @@ connection reads at its own pace (credits, replay), SNS deliveries go to an
 :class:`~.aws.SnsPublisher`, malformed SQS bodies to an :class:`~.aws.SqsSender`.
 The Salesforce REST API (:mod:`.rest`) answers from the World's truth.
 
+Healing tests: ``gap_rate``/``overflow_rate`` make the plan withhold content
+(``GAP_*`` and ``GAP_OVERFLOW`` events) while the truth, and so the REST API,
+keeps every real change; :meth:`Simulator.expire_replay_ids` makes the
+consumer's resume point expire while it is down (``replay_id_expired``, 4410).
+
 Fault injection seam: every WebSocket connection consults a
 :class:`FaultPolicy` on upgrade, after ``subscribed`` and before each data
 frame; a policy can refuse the upgrade with an HTTP status, close with any
@@ -46,6 +51,7 @@ from amt_ingest.simulator.stream import (
     ProtocolError,
     StreamLog,
     Subscribe,
+    decode_replay_id,
     encode_replay_id,
     error_frame,
     events_frame,
@@ -174,6 +180,12 @@ class LiveStream:
                 self.log.append_event(item.obj, topic=None)
             else:
                 self.log.append_raw(item.text)
+        for waiter in self._waiters:
+            waiter.set()
+
+    def expire(self, through: int | None = None) -> None:
+        """:meth:`StreamLog.expire`, then wake the readers (those behind now get 4410)."""
+        self.log.expire(through)
         for waiter in self._waiters:
             waiter.set()
 
@@ -440,9 +452,12 @@ class Simulator:
                 ws_only_rate=options.ws_only_rate,
                 sqs_only_rate=options.sqs_only_rate,
                 malformed_rate=options.malformed_rate,
+                gap_rate=options.gap_rate,
+                overflow_rate=options.overflow_rate,
                 sns=options.sns,
                 malformed_sqs=bool(options.sqs_queue_urls),
             ),
+            org_id=options.org_id,
         )
         self.stream = LiveStream(StreamLog(options.retention))
         self.token = TokenSource(options.token, options.token_file)
@@ -453,6 +468,8 @@ class Simulator:
         self._rest: web.AppRunner | None = None
         self.generated = 0
         self.completed = asyncio.Event()
+        # Events of a transaction not yet complete: the plan routes whole transactions.
+        self._transaction: list[dict[str, Any]] = []
 
     @property
     def ws_port(self) -> int:
@@ -517,10 +534,16 @@ class Simulator:
                 count = min(remaining, 200)
             out = Deliveries()
             for _ in range(count):
-                out.extend(self.plan.route(self.world.next_event()))
+                self._transaction.append(self.world.next_event())
+                if not self.world.transaction_open:
+                    out.extend(self.plan.route_transaction(self._transaction))
+                    self._transaction = []
             self.generated += count
             await self._deliver(out)
             await asyncio.sleep(0)
+        if self._transaction:  # cut short by ``events``
+            await self._deliver(self.plan.route_transaction(self._transaction))
+            self._transaction = []
         await self._deliver(self.plan.flush())
         if self._sns is not None:
             await self._sns.drain()
@@ -543,6 +566,27 @@ class Simulator:
             for body in out.sqs_raw:
                 await self._sqs.send(body)
 
+    def expire_replay_ids(self, through: str | None = None) -> None:
+        """Expire the stream's resume points, as if the consumer had been down too long.
+
+        Every replay id up to and including ``through`` (default: the newest one
+        so far) is then refused on a custom subscribe with ``replay_id_expired``
+        and close 4410; ``earliest`` starts after it; a connection still reading
+        behind it is closed the same way. Call it while the consumer is down
+        (after its last cursor was stored), then start the consumer again.
+        Raises ValueError if ``through`` is not a replay id of this stream.
+        """
+        counter = None
+        if through is not None:
+            counter = decode_replay_id(through)
+            if counter is None:
+                raise ValueError(f"{through!r} is not a replay id of this stream")
+        self.stream.expire(counter)
+        log.info(
+            "simulator.replay_ids_expired",
+            through=through or self.stream.log.latest_replay_id,
+        )
+
     def stats(self) -> dict[str, Any]:
         truth = self.world.truth()
         aws: dict[str, int] = {}
@@ -562,6 +606,11 @@ class Simulator:
                 "records": len(truth),
                 "deleted": sum(1 for r in truth if r["deleted"]),
             },
+            # See DeliveryPlan.withheld_then_deleted: truth fields a re-read may not recover.
+            "withheld_then_deleted": [
+                {"topic": topic, "id": record_id}
+                for topic, record_id in sorted(self.plan.withheld_then_deleted)
+            ],
         }
 
     async def _write_outputs(self) -> None:

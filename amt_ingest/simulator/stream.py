@@ -25,6 +25,11 @@ Decisions PROTOCOL.md leaves open:
 - A replay id that is not ours, newer than the stream, or older than the
   retention window is refused alike: ``replay_id_expired``, close 4410.
   The id just before the oldest retained event is still a valid resume point.
+- :meth:`StreamLog.expire` forces expiry on demand (what 72 hours of downtime
+  would do): every replay id up to and including the given one, by default
+  the newest, stops being a resume point; ``earliest`` starts after it. A
+  subscription that is reading the stream when it happens and is behind that
+  point gets ``replay_id_expired`` too.
 - The first frame must be ``subscribe`` (within 30 s) and only one is
   allowed per connection; anything else is ``invalid_request``, close 4400.
 """
@@ -236,6 +241,7 @@ class StreamLog:
         self._entries: list[_Entry] = []
         self._base = 0  # absolute index of _entries[0]
         self._latest = 0  # counter of the newest event
+        self._expired = 0  # custom resumes from a counter below this are refused (expire())
         self._after: dict[int, int] = {0: 0}  # counter -> absolute index right after it
 
     # -- writing
@@ -259,8 +265,23 @@ class StreamLog:
         """Append a raw (malformed) frame, sent to every subscriber as is."""
         self._entries.append(_Entry(self._latest, None, text.encode("utf-8"), True))
 
+    def expire(self, through: int | None = None) -> None:
+        """Drop every event up to and including counter ``through`` (default: the newest).
+
+        Afterwards a custom subscribe from any replay id up to ``through`` (that
+        one included) is refused with ``replay_id_expired`` (close 4410),
+        ``earliest`` starts with the next event, and a subscription still
+        positioned before it expires on its next read. Expiry only moves forward.
+        """
+        if through is None:
+            through = self._latest
+        if not 0 <= through <= self._latest:
+            raise ValueError(f"counter {through} is not in the stream (latest {self._latest})")
+        self._expired = max(self._expired, through + 1)
+        self._trim()
+
     def _trim(self) -> None:
-        if not self._retention:
+        if not self._retention and not self._expired:
             return
         start = self.start_index
         if start - self._base < max(1024, self._retention):
@@ -283,10 +304,16 @@ class StreamLog:
 
     @property
     def first_counter(self) -> int:
-        """The oldest replayable event's counter."""
-        if not self._retention:
-            return 1
-        return max(1, self._latest - self._retention + 1)
+        """The oldest replayable event's counter (``latest_counter + 1`` if none is)."""
+        first = max(1, self._expired)
+        if self._retention:
+            first = max(first, self._latest - self._retention + 1)
+        return first
+
+    @property
+    def oldest_resume_counter(self) -> int:
+        """The oldest counter a custom subscribe may resume after."""
+        return max(self.first_counter - 1, self._expired)
 
     @property
     def start_index(self) -> int:
@@ -312,7 +339,7 @@ class StreamLog:
                 f"replay id {subscribe.replay_id!r} is unknown",
                 CLOSE_REPLAY_ID_EXPIRED,
             )
-        if counter < self.first_counter - 1:
+        if counter < self.oldest_resume_counter:
             return ProtocolError(
                 "replay_id_expired",
                 f"replay id {subscribe.replay_id} is outside the retention window",

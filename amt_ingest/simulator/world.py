@@ -7,14 +7,18 @@ Nothing here does I/O or touches an event loop; :mod:`.server` drives it.
   what a correct consumer's store must hold (section 5) after applying every
   event of the main org in commit order. Events of a *foreign* org are
   generated from a separate population and are never part of the truth.
-- :class:`DeliveryPlan` decides, per generated event, how it travels: on the
-  WebSocket stream, through SNS, or both; once or twice on each; delayed
-  within a small window on each path independently; and which malformed
-  inputs to interleave. It never changes what happened, only how it is seen.
+- :class:`DeliveryPlan` decides, per generated transaction, how its events
+  travel: on the WebSocket stream, through SNS, or both; once or twice on
+  each; delayed within a small window on each path independently; whether
+  Passport withholds their content (a ``GAP_*`` event instead of the change,
+  or one ``GAP_OVERFLOW`` per topic instead of the whole transaction); and
+  which malformed inputs to interleave. It never changes what happened, only
+  how it is seen: the truth always holds the real changes, and the REST API
+  (:mod:`.rest`) serves it, so withheld content can be re-read.
 
 Both are deterministic for a given seed: the main org's events depend only on
-``seed`` and ``records`` (not on the foreign-org rate or any delivery option),
-and the plan draws from its own random streams.
+``seed`` and ``records`` (not on the foreign-org rate or any delivery option,
+gaps and overflows included), and the plan draws from its own random streams.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ __all__ = [
     "CHANGE_ORIGIN",
     "FOREIGN_ORG_ID",
     "MAIN_ORG_ID",
+    "OVERFLOW_SEQUENCE",
     "START_MS",
     "Deliveries",
     "DeliveryPlan",
@@ -51,7 +56,9 @@ __all__ = [
     "WsItem",
     "WsRawFrame",
     "apply_event",
+    "gap_event",
     "iso_ms",
+    "overflow_event",
     "parse_iso_ms",
     "truth_jsonl",
 ]
@@ -61,6 +68,9 @@ FOREIGN_ORG_ID: Final = "00D5g000009XyZQEA0"
 #: 2026-11-25T09:00:00Z, the commit time the simulated history starts from.
 START_MS: Final = 1795597200000
 CHANGE_ORIGIN: Final = "com/salesforce/api/soap/61.0;client=Passport"
+#: sequenceNumber of a transaction's first GAP_OVERFLOW event (the next topic's is +1):
+#: past any real event of the transaction, as in tests/samples/event-opportunity-gap-overflow.json.
+OVERFLOW_SEQUENCE: Final = 100_001
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _BASE62: Final = string.digits + string.ascii_uppercase + string.ascii_lowercase
@@ -651,6 +661,12 @@ class World:
         self._account(event)
         return event
 
+    @property
+    def transaction_open(self) -> bool:
+        """True while the last event :meth:`next_event` returned has more of its
+        transaction still to come (the next events share its ``transactionKey``)."""
+        return bool(self._pending)
+
     def _account(self, event: dict[str, Any]) -> None:
         stats = self.stats
         stats.events += 1
@@ -686,6 +702,70 @@ class World:
         ]
         found.sort(key=lambda s: (s.modstamp_ms, s.id))
         return found
+
+
+# --- Withheld content ----------------------------------------------------------------
+
+_GAPPABLE: Final = frozenset({"CREATE", "UPDATE", "DELETE", "UNDELETE"})
+
+
+def _header(event: dict[str, Any]) -> dict[str, Any]:
+    header: dict[str, Any] = event["payload"]["ChangeEventHeader"]
+    return header
+
+
+def gap_event(event: dict[str, Any]) -> dict[str, Any]:
+    """``event`` as Passport sends it when it withholds the content: ``GAP_<change>``.
+
+    Same event id, org, topic and header (record ids, position, transaction),
+    an empty ``changeOrigin`` and no field values (tests/samples/event-items-gap-update.json).
+    """
+    header = dict(_header(event))
+    header.update(
+        recordIds=list(header["recordIds"]),
+        changeType="GAP_" + header["changeType"],
+        changeOrigin="",
+        changedFields=[],
+        nulledFields=[],
+        diffFields=[],
+    )
+    return {
+        "event_id": event["event_id"],
+        "org_id": event["org_id"],
+        "topic": event["topic"],
+        "payload": {"ChangeEventHeader": header},
+    }
+
+
+def overflow_event(
+    transaction: list[dict[str, Any]], topic: str, *, sequence: int, event_id: str
+) -> dict[str, Any]:
+    """The ``GAP_OVERFLOW`` event that stands for every change to ``topic`` in ``transaction``.
+
+    No record ids; the transaction's key, commit time, commit number and user
+    (tests/samples/event-opportunity-gap-overflow.json).
+    """
+    first = _header(transaction[0])
+    header = {
+        "entityName": topic,
+        "recordIds": [],
+        "changeType": "GAP_OVERFLOW",
+        "changeOrigin": "",
+        "transactionKey": first["transactionKey"],
+        "sequenceNumber": sequence,
+        "commitTimestamp": first["commitTimestamp"],
+        "commitNumber": first["commitNumber"],
+        "commitUser": first["commitUser"],
+        "changedFields": [],
+        "nulledFields": [],
+        "diffFields": [],
+    }
+    return {
+        "event_id": event_id,
+        "org_id": transaction[0]["org_id"],
+        "topic": topic,
+        "payload": {"ChangeEventHeader": header},
+    }
 
 
 # --- Delivery ----------------------------------------------------------------------
@@ -784,6 +864,14 @@ class DeliveryRates:
     Without SNS (``sns=False``) every event goes to the WebSocket stream.
     Malformed SQS bodies are planned only with ``malformed_sqs=True`` (a queue
     to send them to exists).
+
+    Withheld content concerns the main org only. ``gap_rate`` is per
+    CREATE/UPDATE/DELETE/UNDELETE event (sent as ``GAP_<change>``).
+    ``overflow_rate`` is per *eligible* transaction: one that changes at least
+    two records and deletes none (a resync by ``SELECT Id ... WHERE
+    SystemModstamp >= <commit time>`` lists live records only, so a delete
+    hidden by an overflow could never be found again); it is sent as one
+    ``GAP_OVERFLOW`` per topic it touched, and its events not at all.
     """
 
     dup_rate: float = 0.0
@@ -792,11 +880,21 @@ class DeliveryRates:
     ws_only_rate: float = 0.0
     sqs_only_rate: float = 0.0
     malformed_rate: float = 0.0
+    gap_rate: float = 0.0
+    overflow_rate: float = 0.0
     sns: bool = True
     malformed_sqs: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("dup_rate", "ooo_rate", "ws_only_rate", "sqs_only_rate", "malformed_rate"):
+        for name in (
+            "dup_rate",
+            "ooo_rate",
+            "ws_only_rate",
+            "sqs_only_rate",
+            "malformed_rate",
+            "gap_rate",
+            "overflow_rate",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1]")
         if self.ws_only_rate + self.sqs_only_rate > 1.0:
@@ -807,6 +905,13 @@ class DeliveryRates:
 
 @dataclass(slots=True)
 class DeliveryStats:
+    """What the plan did. ``routed`` counts events as delivered (overflows, not
+    the events they replaced). ``gaps`` counts events sent as ``GAP_<change>``
+    by that type; ``overflows`` the GAP_OVERFLOW events, ``overflow_events``
+    the events they replaced and ``overflow_records`` the records those changed
+    (per overflow event). ``withheld_then_deleted`` counts
+    :attr:`DeliveryPlan.withheld_then_deleted`."""
+
     routed: int = 0
     ws_only: int = 0
     sqs_only: int = 0
@@ -819,18 +924,44 @@ class DeliveryStats:
     sns_delayed: int = 0
     malformed_ws: int = 0
     malformed_sqs: int = 0
+    gaps: Counter[str] = field(
+        default_factory=lambda: Counter(dict.fromkeys(sorted("GAP_" + c for c in _GAPPABLE), 0))
+    )
+    overflows: int = 0
+    overflow_transactions: int = 0
+    overflow_events: int = 0
+    overflow_records: int = 0
+    withheld_then_deleted: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = dict(sorted(value.items())) if isinstance(value, Counter) else value
+        out["gap_events"] = sum(self.gaps.values())
+        return out
 
 
 class DeliveryPlan:
-    """Decides how each generated event reaches the consumer (pure, seeded)."""
+    """Decides how each generated event reaches the consumer (pure, seeded).
 
-    def __init__(self, seed: int, rates: DeliveryRates) -> None:
+    Feed it whole transactions in commit order (:meth:`route_transaction`);
+    ``org_id`` is the main org, the only one whose content is ever withheld.
+    """
+
+    def __init__(self, seed: int, rates: DeliveryRates, *, org_id: str = MAIN_ORG_ID) -> None:
         self.rates = rates
+        self.org_id = org_id
         self._rng = random.Random(f"amt-sim:{seed}:route")
         self._bad_rng = random.Random(f"amt-sim:{seed}:malformed")
+        self._gap_rng = random.Random(f"amt-sim:{seed}:gap")
+        self._overflow_rng = random.Random(f"amt-sim:{seed}:overflow")
+        self._withheld: set[tuple[str, str]] = set()
+        #: Main-org records a GAP_*/GAP_OVERFLOW hid a change of and that were
+        #: deleted later (they may be undeleted since). A consumer re-reading one
+        #: after that delete got a 404, so its truth ``fields`` may legitimately
+        #: differ from a correct store (``deleted`` may not). Empty without gaps.
+        self.withheld_then_deleted: set[tuple[str, str]] = set()
         self._ws: Reorderer[WsItem] = Reorderer(
             random.Random(f"amt-sim:{seed}:ws-order"), rates.ooo_rate, rates.ooo_window
         )
@@ -839,8 +970,96 @@ class DeliveryPlan:
         )
         self.stats = DeliveryStats()
 
+    def route_transaction(self, events: list[dict[str, Any]]) -> Deliveries:
+        """How the events of one transaction (in sequence order) are delivered,
+        plus anything released or injected now."""
+        sent = self._withhold(events)
+        out = Deliveries()
+        for event in sent:
+            out.extend(self._route(event))
+        return out
+
     def route(self, event: dict[str, Any]) -> Deliveries:
-        """Where ``event`` goes, plus anything released or injected now."""
+        """:meth:`route_transaction` for an event that is a transaction of its own."""
+        return self.route_transaction([event])
+
+    def _withhold(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The events to send for ``events``: as they are, as GAP events, or overflows."""
+        rates, stats = self.rates, self.stats
+        main = [e for e in events if e["org_id"] == self.org_id]
+        if not main or (rates.gap_rate == 0 and rates.overflow_rate == 0):
+            return events
+        if (
+            rates.overflow_rate > 0
+            and len(main) == len(events)
+            and self._overflow_ok(events)
+            and self._overflow_rng.random() < rates.overflow_rate
+        ):
+            return self._overflow(events)
+        sent: list[dict[str, Any]] = []
+        for event in events:
+            hide = (
+                rates.gap_rate > 0
+                and event["org_id"] == self.org_id
+                and _header(event)["changeType"] in _GAPPABLE
+                and self._gap_rng.random() < rates.gap_rate
+            )
+            self._track(event, hidden=hide)
+            if hide:
+                event = gap_event(event)
+                stats.gaps[_header(event)["changeType"]] += 1
+            sent.append(event)
+        return sent
+
+    @staticmethod
+    def _overflow_ok(events: list[dict[str, Any]]) -> bool:
+        records: set[str] = set()
+        for event in events:
+            header = _header(event)
+            if header["changeType"] not in ("CREATE", "UPDATE", "UNDELETE"):
+                return False
+            records.update(header["recordIds"])
+        return len(records) >= 2
+
+    def _overflow(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        stats = self.stats
+        by_topic: dict[str, set[str]] = {}
+        for event in events:
+            self._track(event, hidden=True)
+            by_topic.setdefault(event["topic"], set()).update(_header(event)["recordIds"])
+        stats.overflow_transactions += 1
+        stats.overflow_events += len(events)
+        sent: list[dict[str, Any]] = []
+        for n, (topic, records) in enumerate(by_topic.items()):
+            sent.append(
+                overflow_event(
+                    events,
+                    topic,
+                    sequence=OVERFLOW_SEQUENCE + n,
+                    event_id=_uuid4(self._overflow_rng),
+                )
+            )
+            stats.overflows += 1
+            stats.overflow_records += len(records)
+        return sent
+
+    def _track(self, event: dict[str, Any], *, hidden: bool) -> None:
+        """Remember main-org records whose content was withheld, and which of them
+        were deleted afterwards (see :attr:`withheld_then_deleted`)."""
+        if event["org_id"] != self.org_id:
+            return
+        header = _header(event)
+        keys = [(event["topic"], r) for r in header["recordIds"]]
+        if header["changeType"] == "DELETE":
+            # A hidden delete withholds no field: the re-read's 404 is the whole content.
+            for key in keys:
+                if key in self._withheld and key not in self.withheld_then_deleted:
+                    self.withheld_then_deleted.add(key)
+                    self.stats.withheld_then_deleted += 1
+        elif hidden:
+            self._withheld.update(keys)
+
+    def _route(self, event: dict[str, Any]) -> Deliveries:
         rates, rng, stats = self.rates, self._rng, self.stats
         stats.routed += 1
         on_ws, on_sns = True, rates.sns

@@ -39,7 +39,8 @@ def test_flags() -> None:
         "--port", "0", "--sf-port", "0", "--token-file", "/run/token", "--rate", "0",
         "--events", "50", "--records", "20", "--seed", "9", "--dup-rate", "0.1",
         "--ooo-rate", "0.2", "--ws-only-rate", "0.3", "--sqs-only-rate", "0.4",
-        "--foreign-org-rate", "0.05", "--malformed-rate", "0.01", "--max-batch", "7",
+        "--foreign-org-rate", "0.05", "--malformed-rate", "0.01", "--gap-rate", "0.02",
+        "--overflow-rate", "0.03", "--max-batch", "7",
         "--heartbeat-interval", "0.5", "--retention", "1000", "--page-size", "3",
         "--truth", "t.jsonl", "--stats", "s.json", "--sqs-queue-url", "http://q/1",
         "--sqs-queue-url", "http://q/2", "--no-sns",
@@ -58,6 +59,8 @@ def test_flags() -> None:
         sqs_only_rate=0.4,
         foreign_org_rate=0.05,
         malformed_rate=0.01,
+        gap_rate=0.02,
+        overflow_rate=0.03,
         max_batch=7,
         heartbeat_interval=0.5,
         retention=1000,
@@ -72,10 +75,23 @@ def test_flags() -> None:
 def test_bad_values_are_refused() -> None:
     with pytest.raises(SystemExit):
         parse("--dup-rate", "1.5")
+    with pytest.raises(SystemExit):
+        parse("--gap-rate", "-0.1")
+    with pytest.raises(ValueError, match="overflow_rate"):
+        SimulatorOptions(overflow_rate=2)
     with pytest.raises(ValueError, match="must not exceed 1"):
         SimulatorOptions(ws_only_rate=0.7, sqs_only_rate=0.7)
     with pytest.raises(ValueError, match="max_batch"):
         SimulatorOptions(max_batch=0)
+
+
+def test_help_describes_the_healing_flags() -> None:
+    parser = argparse.ArgumentParser(prog="simulate")
+    add_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert "--gap-rate" in text and "GAP_CREATE/UPDATE/DELETE/UNDELETE" in text
+    assert "--overflow-rate" in text and "GAP_OVERFLOW" in text
+    assert "replay_id_expired" in text and "expire_replay_ids" in text
 
 
 async def test_outputs_are_written_after_the_last_event(
