@@ -52,7 +52,6 @@ log = structlog.get_logger("amt_ingest.jobs")
 
 COORDINATION_RETRY_S: Final = 5.0
 ARQ_MAX_TRIES: Final = 1_000_000
-RESYNC_TIMEOUT_S: Final = 6 * 3600
 
 
 def job_serializer(data: dict[str, Any]) -> bytes:
@@ -245,7 +244,9 @@ def build_worker(
                 resync_topic,
                 name=RESYNC_FUNCTION,
                 max_tries=ARQ_MAX_TRIES,
-                timeout=RESYNC_TIMEOUT_S,
+                # Not longer than a record job: arq's in-progress timeout (how soon
+                # a job of a killed worker reruns) follows the longest function.
+                timeout=settings.job_timeout,
             ),
         ],
         cron_jobs=[
@@ -254,7 +255,7 @@ def build_worker(
                 name="reap_orphans",
                 second=set(range(0, 60, 15)),
                 unique=True,
-                timeout=60,
+                timeout=settings.job_timeout,
                 max_tries=1,
             )
         ],
@@ -275,6 +276,7 @@ def build_worker(
             "max_tries": settings.job_max_tries,
             "lease_ms": lease_ms(settings),
             "resync_rate": settings.resync_rate,
+            "resync_budget_s": max(1.0, settings.job_timeout * 0.5),
         },
         log_results=False,
     )

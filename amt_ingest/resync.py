@@ -41,6 +41,7 @@ class ResyncResult:
     found: int
     marked: int
     already_done: int
+    finished: bool = True
 
 
 def position_at(instant: dt.datetime) -> str:
@@ -62,12 +63,16 @@ async def run_resync(
     resync_id: str,
     rate: float,
     on_progress: Progress | None = None,
+    budget_s: float | None = None,
 ) -> ResyncResult:
     """Mark every record of ``topic`` modified at or after ``position`` for a re-read.
 
     Safe to run again with the same ``resync_id``: records already marked are
-    skipped. Raises :class:`SalesforceError` or :class:`CoordinationError`.
+    skipped. With ``budget_s`` it stops marking after that many seconds and says
+    so (``finished`` False): run it again to continue. Raises
+    :class:`SalesforceError` or :class:`CoordinationError`.
     """
+    started = time.monotonic()
     since_ms = int(position[:15])
     since = dt.datetime.fromtimestamp(since_ms / 1000, dt.UTC)
     await coordinator.update_resync(
@@ -88,6 +93,9 @@ async def run_resync(
     for record_id, done in zip(ids, done_flags, strict=True):
         if done:
             continue
+        if budget_s is not None and time.monotonic() - started > budget_s:
+            await coordinator.update_resync(resync_id, updated=int(time.time() * 1000))
+            return ResyncResult(found=len(ids), marked=marked, already_done=already, finished=False)
         if interval:
             delay = next_at - time.monotonic()
             if delay > 0:
@@ -108,7 +116,7 @@ async def run_resync(
         marked=marked,
         already_done=already,
     )
-    return ResyncResult(found=len(ids), marked=marked, already_done=already)
+    return ResyncResult(found=len(ids), marked=marked, already_done=already, finished=True)
 
 
 async def resync_topic(
@@ -124,8 +132,15 @@ async def resync_topic(
             org=org,
             resync_id=resync_id,
             rate=ctx.get("resync_rate", 100.0),
+            # A run stays well inside the job timeout that every job of the worker
+            # shares (arq derives its in-progress timeout, and so how soon a killed
+            # record job reruns, from the longest one); long resyncs continue in the
+            # next run, skipping what is done.
+            budget_s=ctx.get("resync_budget_s"),
         )
     except (SalesforceError, CoordinationError) as exc:
         log.warning("resync_retry", resync_id=resync_id, topic=topic, error=str(exc))
         raise Retry(defer=30) from exc
+    if not result.finished:
+        raise Retry(defer=0.1)
     return result.marked

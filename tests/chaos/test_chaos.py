@@ -9,7 +9,7 @@ import pytest
 
 from tests.chaos.harness import Chaos
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
 def test_short_chaos_run_loses_nothing(tmp_path: Path):

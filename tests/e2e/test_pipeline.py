@@ -23,7 +23,7 @@ import redis
 
 from tests.conftest import POSTGRES_URL, free_port
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 EVENTS = 3000
 # The moto server scans a whole queue on every call: offer what it can drain,

@@ -444,3 +444,32 @@ async def test_a_run_that_lost_its_lease_cannot_write_after_its_successor(coord,
         await store.apply("Opportunity", RID, ORG, frozen.changes, fence=frozen.fence)
     (row,) = [r async for r in store.export()]
     assert row["fields"] == {"StageName": "B"}
+
+
+async def test_a_killed_workers_jobs_rerun_after_the_record_job_timeout(redis_url, tmp_path):
+    """arq reruns a job of a SIGKILLed worker only after its in-progress timeout, which
+    it derives from the longest function timeout of the worker: no function may be
+    longer than the record job's, or records wait that long."""
+    from amt_ingest.config import Settings
+    from amt_ingest.jobs import build_worker, create_arq_pool
+    from amt_ingest.salesforce import SalesforceClient
+    from amt_ingest.store import Store
+
+    settings = Settings(redis_url=redis_url, job_timeout=10)
+    pool = await create_arq_pool(settings)
+    salesforce = SalesforceClient("http://127.0.0.1:1", token=lambda: "unused")
+    store = Store.open(f"sqlite+aiosqlite:///{tmp_path}/s.db")
+    try:
+        worker = build_worker(
+            settings,
+            pool=pool,
+            coordinator=Coordinator(pool, dedup_ttl=60),
+            store=store,
+            salesforce=salesforce,
+            handle_signals=False,
+        )
+        assert worker.in_progress_timeout_s == 20
+    finally:
+        await pool.aclose()
+        await salesforce.aclose()
+        await store.close()
