@@ -173,6 +173,13 @@ def test_gaps_overflows_and_an_expired_resume_point_heal(aws_env, redis_url, tmp
     stats = json.loads(stats_path.read_text())["delivery"]
     resyncs = [r.decode() for r in client.zrange("amt:resyncs", 0, -1)]
     print(f"\ngaps e2e: delivery={stats} resyncs={resyncs}")
-    assert any(r.startswith("expired-") for r in resyncs), "the expired window was not resynced"
+    expired = [r for r in resyncs if r.startswith("expired-")]
+    assert len(expired) == 3, "the expired window was not resynced (one per type)"
+    progress = [
+        {k.decode(): v.decode() for k, v in client.hgetall(f"amt:resync:{r}").items()}
+        for r in resyncs
+    ]
+    assert all(p["state"] == "done" for p in progress), progress
+    assert sum(int(p.get("marked", 0)) for p in progress) > 0
     assert stats["gap_events"] > 0 and stats["overflows"] > 0
     assert len([r for r in resyncs if not r.startswith("expired-")]) >= 1  # overflow resyncs
