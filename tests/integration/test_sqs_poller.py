@@ -40,7 +40,7 @@ async def drain(poller: SqsPoller, sqs, queue_url: str) -> None:
     """Poll until the queue is empty and nothing is in flight."""
     stop = asyncio.Event()
     task = asyncio.create_task(poller.run(stop))
-    for _ in range(100):
+    for _ in range(300):
         await asyncio.sleep(0.1)
         attrs = await sqs.get_queue_attributes(
             QueueUrl=queue_url,
@@ -304,7 +304,7 @@ async def test_polling_pauses_while_the_job_queue_is_full(env):
     await asyncio.sleep(1.0)
     assert poller.state.received == 0 and router.paused  # not polling: messages stay in SQS
     await coordinator.redis.delete("amt:queue")  # the workers caught up
-    for _ in range(100):
+    for _ in range(300):
         if poller.state.deleted == 3:
             break
         await asyncio.sleep(0.1)
@@ -397,7 +397,8 @@ async def test_throttling_errors_are_retried_not_fatal(env):
             )
             stop = asyncio.Event()
             task = asyncio.create_task(poller.run(stop))
-            for _ in range(200):
+            # botocore backs off up to 20 s between its own retries of a throttled call.
+            for _ in range(900):
                 if poller.state.deleted == 5:
                     break
                 await asyncio.sleep(0.1)
