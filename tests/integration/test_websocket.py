@@ -258,7 +258,7 @@ async def rig(
 
 
 async def until(
-    condition: Callable[[], Awaitable[bool] | bool], *, within: float = 5.0, what: str = ""
+    condition: Callable[[], Awaitable[bool] | bool], *, within: float = 30.0, what: str = ""
 ) -> None:
     """Poll ``condition`` every 10 ms; fail the test if it is not true within ``within`` s."""
     deadline = time.monotonic() + within
