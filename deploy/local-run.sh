@@ -4,6 +4,9 @@
 # - AWS endpoint: $AWS_ENDPOINT_URL if set (LocalStack), else a moto server on a local port;
 # - Redis: $AMT_REDIS_URL if set, else the machine's Redis on 6379, else a private redis-server;
 # - database: SQLite in .local/ (or $AMT_DATABASE_URL).
+# Each run starts a new simulated Passport (seed SIM_SEED, default the time), so the
+# saved WebSocket cursor of an earlier run is unknown to it: the service resubscribes
+# from earliest and resyncs, as it would after Passport lost its resume point.
 # Ctrl-C stops everything this script started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,6 +68,7 @@ echo "SQS queue $AMT_SQS_QUEUE_URLS"
 
 "$BIN/python" -m amt_ingest simulate --port "$WS_PORT" --sf-port "$SF_PORT" \
   --token "$AMT_PASSPORT_TOKEN" --rate "${SIM_RATE:-20}" --records 200 \
+  --seed "${SIM_SEED:-$(date +%s)}" \
   --dup-rate 0.05 --ooo-rate 0.05 --ws-only-rate 0.02 --sqs-only-rate 0.02 \
   --foreign-org-rate 0.01 --malformed-rate 0.005 \
   --sqs-queue-url "$AMT_SQS_QUEUE_URLS" --truth "$STATE/truth.jsonl" \
