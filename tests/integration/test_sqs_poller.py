@@ -25,6 +25,27 @@ def sample(name: str) -> dict:
     return json.loads((SAMPLES / name).read_text())
 
 
+def make_poller(
+    settings: Settings,
+    sqs,
+    queue_url: str,
+    coordinator: Coordinator,
+    dead_letters: DeadLetters,
+    *,
+    router: Router | None = None,
+    **options,
+) -> SqsPoller:
+    return SqsPoller(
+        settings,
+        sqs=sqs,
+        queue_url=queue_url,
+        router=router or Router(coordinator),
+        coordinator=coordinator,
+        dead_letters=dead_letters,
+        **options,
+    )
+
+
 @pytest.fixture
 async def env(aws_env, redis_url, tmp_path: Path):
     settings = Settings(redis_url=redis_url, sqs_wait_seconds=0, allowed_org_ids=[ORG])
@@ -86,13 +107,13 @@ async def test_both_body_shapes_are_handed_off_and_deleted(env):
     # The same event again, as SNS would re-publish it under a new MessageId.
     await sqs.send_message(QueueUrl=boot.queue_url, MessageBody=envelope["Body"])
     dead = DeadLetters(sqs=sqs, dlq_url=boot.dlq_url, fallback_path=tmp / "dead.jsonl")
-    poller = SqsPoller(
+    poller = make_poller(
         settings,
-        sqs=sqs,
-        queue_url=boot.queue_url,
+        sqs,
+        boot.queue_url,
+        coordinator,
+        dead,
         router=Router(coordinator, allowed_orgs=[ORG]),
-        coordinator=coordinator,
-        dead_letters=dead,
     )
     await drain(poller, sqs, boot.queue_url)
     stats = await coordinator.stats()
@@ -119,13 +140,13 @@ async def test_malformed_goes_to_the_dlq_with_its_reason_and_the_rest_goes_on(en
     for body in bodies:
         await sqs.send_message(QueueUrl=boot.queue_url, MessageBody=body)
     dead = DeadLetters(sqs=sqs, dlq_url=boot.dlq_url, fallback_path=tmp / "dead.jsonl")
-    poller = SqsPoller(
+    poller = make_poller(
         settings,
-        sqs=sqs,
-        queue_url=boot.queue_url,
+        sqs,
+        boot.queue_url,
+        coordinator,
+        dead,
         router=Router(coordinator, allowed_orgs=[ORG]),
-        coordinator=coordinator,
-        dead_letters=dead,
     )
     await drain(poller, sqs, boot.queue_url)
     dlq = await receive_all(sqs, boot.dlq_url)
@@ -162,13 +183,12 @@ async def test_handoff_failure_hands_messages_back_after_patience(env):
     broken = aioredis.Redis.from_url("redis://127.0.0.1:1/0")  # nothing listens there
     broken_coord = Coordinator(broken, dedup_ttl=60)
     dead = DeadLetters(sqs=sqs, dlq_url=boot.dlq_url, fallback_path=tmp / "dead.jsonl")
-    poller = SqsPoller(
+    poller = make_poller(
         settings,
-        sqs=sqs,
-        queue_url=boot.queue_url,
-        router=Router(broken_coord),
-        coordinator=broken_coord,
-        dead_letters=dead,
+        sqs,
+        boot.queue_url,
+        broken_coord,
+        dead,
         delays=lambda: iter([0.2] * 100),
         handoff_patience=1.0,
         release_delay=2,
@@ -201,13 +221,12 @@ async def test_handoff_retries_in_place_while_redis_is_down(env, redis_url):
     await sqs.send_message(
         QueueUrl=boot.queue_url, MessageBody=sample("sqs-message-raw-delivery.json")["Body"]
     )
-    poller = SqsPoller(
+    poller = make_poller(
         settings,
-        sqs=sqs,
-        queue_url=boot.queue_url,
-        router=Router(coordinator),
-        coordinator=coordinator,
-        dead_letters=DeadLetters(sqs=sqs, dlq_url=boot.dlq_url, fallback_path=tmp / "d.jsonl"),
+        sqs,
+        boot.queue_url,
+        coordinator,
+        DeadLetters(sqs=sqs, dlq_url=boot.dlq_url, fallback_path=tmp / "d.jsonl"),
         delays=lambda: iter([0.2] * 100),
     )
     (message,) = await poller._receive()
@@ -240,13 +259,12 @@ async def test_visibility_is_extended_while_the_hand_off_hangs(env, redis_url):
     await sqs.send_message(
         QueueUrl=boot.queue_url, MessageBody=sample("sqs-message-raw-delivery.json")["Body"]
     )
-    poller = SqsPoller(
+    poller = make_poller(
         settings,
-        sqs=sqs,
-        queue_url=boot.queue_url,
-        router=Router(coordinator),
-        coordinator=coordinator,
-        dead_letters=DeadLetters(sqs=sqs, dlq_url=boot.dlq_url, fallback_path=tmp / "d.jsonl"),
+        sqs,
+        boot.queue_url,
+        coordinator,
+        DeadLetters(sqs=sqs, dlq_url=boot.dlq_url, fallback_path=tmp / "d.jsonl"),
     )
     (message,) = await poller._receive()
     proxy.hold()  # Redis hangs: the hand-off takes longer than the visibility timeout
@@ -267,13 +285,12 @@ async def test_visibility_is_extended_while_the_hand_off_hangs(env, redis_url):
 async def test_partial_delete_failure_is_reported_not_raised(env):
     settings, boot, sqs, coordinator, tmp = env
     await sqs.send_message(QueueUrl=boot.queue_url, MessageBody="x")
-    poller = SqsPoller(
+    poller = make_poller(
         settings,
-        sqs=sqs,
-        queue_url=boot.queue_url,
-        router=Router(coordinator),
-        coordinator=coordinator,
-        dead_letters=DeadLetters(sqs=None, dlq_url=None, fallback_path=tmp / "d.jsonl"),
+        sqs,
+        boot.queue_url,
+        coordinator,
+        DeadLetters(sqs=None, dlq_url=None, fallback_path=tmp / "d.jsonl"),
     )
     (message,) = await poller._receive()
     await poller._delete([message, {"ReceiptHandle": "not-a-receipt-handle"}])
@@ -291,13 +308,13 @@ async def test_polling_pauses_while_the_job_queue_is_full(env):
         await sqs.send_message(
             QueueUrl=boot.queue_url, MessageBody=sample("sqs-message-raw-delivery.json")["Body"]
         )
-    poller = SqsPoller(
+    poller = make_poller(
         settings,
-        sqs=sqs,
-        queue_url=boot.queue_url,
+        sqs,
+        boot.queue_url,
+        coordinator,
+        DeadLetters(sqs=None, dlq_url=None, fallback_path=tmp / "d.jsonl"),
         router=router,
-        coordinator=coordinator,
-        dead_letters=DeadLetters(sqs=None, dlq_url=None, fallback_path=tmp / "d.jsonl"),
     )
     stop = asyncio.Event()
     task = asyncio.create_task(poller.run(stop))
@@ -323,14 +340,7 @@ async def test_each_queue_dead_letters_into_its_own_dlq(env):
         fallback_path=tmp / "d.jsonl",
     )
     await sqs.send_message(QueueUrl=other.queue_url, MessageBody="{broken")
-    poller = SqsPoller(
-        settings,
-        sqs=sqs,
-        queue_url=other.queue_url,
-        router=Router(coordinator),
-        coordinator=coordinator,
-        dead_letters=dead,
-    )
+    poller = make_poller(settings, sqs, other.queue_url, coordinator, dead)
     await drain(poller, sqs, other.queue_url)
     assert [m["Body"] for m in await receive_all(sqs, other.dlq_url)] == ["{broken"]
     assert await receive_all(sqs, boot.dlq_url) == []
@@ -386,13 +396,12 @@ async def test_throttling_errors_are_retried_not_fatal(env):
     throttling = settings.model_copy(update={"aws_endpoint_url": f"http://127.0.0.1:{port}"})
     try:
         async with aws.client(throttling, "sqs") as slow_sqs:
-            poller = SqsPoller(
+            poller = make_poller(
                 throttling,
-                sqs=slow_sqs,
-                queue_url=boot.queue_url,
-                router=Router(coordinator),
-                coordinator=coordinator,
-                dead_letters=DeadLetters(sqs=None, dlq_url=None, fallback_path=tmp / "d.jsonl"),
+                slow_sqs,
+                boot.queue_url,
+                coordinator,
+                DeadLetters(sqs=None, dlq_url=None, fallback_path=tmp / "d.jsonl"),
                 delays=lambda: iter([0.1] * 1000),
             )
             stop = asyncio.Event()
