@@ -278,20 +278,6 @@ class Store:
                         "fields": dict(row.fields),
                     }
 
-    async def get(self, topic: str, record_id: str) -> StoredRecord | None:
-        t = TABLES[topic].table
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(t.c.org_id, t.c.fields, t.c.positions, t.c.deleted).where(
-                        t.c.id == record_id
-                    )
-                )
-            ).first()
-        if row is None:
-            return None
-        return StoredRecord(row.org_id, dict(row.fields), dict(row.positions), bool(row.deleted))
-
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()

@@ -99,3 +99,15 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await s.ensure_schema()
     yield s
     await s.close()
+
+
+def amt_process(
+    *args: str, env: dict[str, str], output: object = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    """``python -m amt_ingest ARGS`` as a subprocess (output to a file, or discarded)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "amt_ingest", *args],
+        env=env,
+        stdout=output,  # type: ignore[arg-type]
+        stderr=subprocess.STDOUT,
+    )

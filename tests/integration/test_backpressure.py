@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from tests.conftest import free_port
+from tests.conftest import amt_process, free_port
 from tests.integration.test_service import wait_for
 
 TOKEN = "bp-token"
@@ -42,38 +42,26 @@ def test_intake_pauses_memory_stays_flat_and_everything_drains(redis_url, tmp_pa
         "AMT_LOG_FORMAT": "json",
         "AMT_LOG_LEVEL": "warning",
     }
-    simulator = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "amt_ingest",
-            "simulate",
-            "--port",
-            str(ws_port),
-            "--sf-port",
-            str(sf_port),
-            "--token",
-            TOKEN,
-            "--no-sns",
-            "--events",
-            "4000",
-            "--records",
-            "2000",
-            "--rate",
-            "0",
-            "--truth",
-            str(truth),
-        ],
+    simulator = amt_process(
+        "simulate",
+        "--port",
+        str(ws_port),
+        "--sf-port",
+        str(sf_port),
+        "--token",
+        TOKEN,
+        "--no-sns",
+        "--events",
+        "4000",
+        "--records",
+        "2000",
+        "--rate",
+        "0",
+        "--truth",
+        str(truth),
         env=base,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )
-    service = subprocess.Popen(
-        [sys.executable, "-m", "amt_ingest", "run", "--no-worker"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    service = amt_process("run", "--no-worker", env=env)
     worker = None
     client = redis.Redis.from_url(redis_url)
 
@@ -94,12 +82,7 @@ def test_intake_pauses_memory_stays_flat_and_everything_drains(redis_url, tmp_pa
         assert handed_off() <= paused_at + 100, "intake went on past the high-water mark"
         assert rss_kb(service.pid) - rss_paused < 5_000
         assert handed_off() < 4000
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "amt_ingest", "worker"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        worker = amt_process("worker", env=env)
         wait_for(lambda: handed_off() >= 4000 and client.zcard("amt:queue") == 0, 180, "drain")
         out = subprocess.run(
             [sys.executable, "-m", "amt_ingest", "export"],

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.conftest import amt_process, free_port
 
 TOKEN = "svc-token"
 
@@ -61,12 +61,7 @@ def test_health_readiness_and_clean_sigterm(aws_env, redis_url, tmp_path: Path):
     }
     log_path = tmp_path / "service.log"
     with open(log_path, "wb") as log:
-        service = subprocess.Popen(
-            [sys.executable, "-m", "amt_ingest", "run"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        service = amt_process("run", env=env, output=log)
         simulator = None
         try:
             url = f"http://127.0.0.1:{http_port}"
@@ -85,27 +80,20 @@ def test_health_readiness_and_clean_sigterm(aws_env, redis_url, tmp_path: Path):
                 assert body["checks"]["sources"]["ok"] is False
             assert body["checks"]["redis"]["ok"] is True
             assert body["checks"]["database"]["ok"] is True
-            simulator = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "amt_ingest",
-                    "simulate",
-                    "--port",
-                    str(ws_port),
-                    "--sf-port",
-                    str(sf_port),
-                    "--token",
-                    TOKEN,
-                    "--no-sns",
-                    "--events",
-                    "50",
-                    "--rate",
-                    "0",
-                ],
+            simulator = amt_process(
+                "simulate",
+                "--port",
+                str(ws_port),
+                "--sf-port",
+                str(sf_port),
+                "--token",
+                TOKEN,
+                "--no-sns",
+                "--events",
+                "50",
+                "--rate",
+                "0",
                 env=base,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
             )
             status, body = wait_for(
                 lambda: (r := get(url + "/readyz"))[0] == 200 and r, what="ready"
@@ -189,12 +177,7 @@ def test_sigterm_under_load_leaves_no_message_in_flight(aws_env, redis_url, tmp_
     }
     log_path = tmp_path / "service.log"
     with open(log_path, "wb") as log:
-        service = subprocess.Popen(
-            [sys.executable, "-m", "amt_ingest", "run"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        service = amt_process("run", env=env, output=log)
     client = sync_redis.Redis.from_url(redis_url)
     try:
         wait_for(lambda: routed(client) >= 20, what="intake under way")
