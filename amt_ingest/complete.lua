@@ -12,7 +12,8 @@
 -- ARGV[6]    topic
 -- ARGV[7]    record id
 -- ARGV[8]    the run's lease token (the lease is dropped only if it is still this run's)
--- ARGV[9..]  pairs: pending hash key, the exact value the job applied
+-- ARGV[9]    the trace contexts ("l") the job read; they are dropped, later ones kept
+-- ARGV[10..] pairs: pending hash key, the exact value the job applied
 --
 -- Returns {status, next_job_id}: status "released", "handed_over" or "not_owner".
 
@@ -23,14 +24,26 @@ end
 if redis.call('HGET', rec, 'job') ~= ARGV[1] then
   return {'not_owner', ''}
 end
-for i = 9, #ARGV, 2 do
+for i = 10, #ARGV, 2 do
   if redis.call('HGET', rec, ARGV[i]) == ARGV[i + 1] then
     redis.call('HDEL', rec, ARGV[i])
   end
 end
 if redis.call('HGET', rec, 'ver') == ARGV[2] then
   redis.call('DEL', rec)
+  redis.call('ZREM', 'amt:retrying', rec)
   return {'released', ''}
 end
 redis.call('HDEL', rec, 'fail', 'failed_at', 'retry_delay')
+redis.call('ZREM', 'amt:retrying', rec)
+local read = ARGV[9]
+local links = redis.call('HGET', rec, 'l')
+if links and read ~= '' and string.sub(links, 1, string.len(read)) == read then
+  local rest = string.sub(links, string.len(read) + 2)
+  if rest == '' then
+    redis.call('HDEL', rec, 'l')
+  else
+    redis.call('HSET', rec, 'l', rest)
+  end
+end
 return {'handed_over', new_job(rec, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])}

@@ -90,6 +90,47 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+    reconcile_grace_s: float = Field(300.0, gt=0)
+    ready_ws_grace_s: float = Field(60.0, ge=0)
+    gauge_interval_s: float = Field(15.0, gt=0)
+
+    # OpenTelemetry (standard names, no prefix)
+    otel_sdk_disabled: bool = Field(False, validation_alias="OTEL_SDK_DISABLED")
+    otel_service_name: str = Field("amt_ingest", validation_alias="OTEL_SERVICE_NAME")
+    otel_traces_sampler: Literal[
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    ] = Field("parentbased_always_on", validation_alias="OTEL_TRACES_SAMPLER")
+    otel_traces_sampler_arg: float | None = Field(
+        None, ge=0, le=1, validation_alias="OTEL_TRACES_SAMPLER_ARG"
+    )
+    otel_traces_exporter: Literal["otlp", "none"] = Field(
+        "otlp", validation_alias="OTEL_TRACES_EXPORTER"
+    )
+    otel_metrics_exporter: Literal["otlp", "prometheus", "none"] = Field(
+        "otlp", validation_alias="OTEL_METRICS_EXPORTER"
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    otel_exporter_otlp_metrics_endpoint: str | None = Field(
+        None, validation_alias="OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+    )
+    otel_exporter_otlp_protocol: Literal["http/protobuf"] = Field(
+        "http/protobuf", validation_alias="OTEL_EXPORTER_OTLP_PROTOCOL"
+    )
+    otel_bsp_max_queue_size: int = Field(65_536, ge=1, validation_alias="OTEL_BSP_MAX_QUEUE_SIZE")
+    otel_bsp_schedule_delay: int = Field(1000, ge=1, validation_alias="OTEL_BSP_SCHEDULE_DELAY")
+    otel_bsp_max_export_batch_size: int = Field(
+        4096, ge=1, validation_alias="OTEL_BSP_MAX_EXPORT_BATCH_SIZE"
+    )
 
     _split = field_validator("sqs_queue_urls", "allowed_org_ids", mode="before")(_split_csv)
 
@@ -134,6 +175,10 @@ class Settings(BaseSettings):
     def _backoff(self) -> Settings:
         if self.ws_backoff_max < self.ws_backoff_initial:
             raise ValueError("AMT_WS_BACKOFF_MAX must not be below AMT_WS_BACKOFF_INITIAL")
+        if self.otel_bsp_max_export_batch_size > self.otel_bsp_max_queue_size:
+            raise ValueError(
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE must not exceed OTEL_BSP_MAX_QUEUE_SIZE"
+            )
         return self
 
     # -- derived ------------------------------------------------------------
@@ -154,6 +199,19 @@ class Settings(BaseSettings):
             return self.passport_token.get_secret_value()
         raise ConfigError("AMT_PASSPORT_TOKEN: not set (nor AMT_PASSPORT_TOKEN_FILE)")
 
+    @property
+    def otlp_traces_enabled(self) -> bool:
+        """Spans go by OTLP when an endpoint is set and the exporter is not ``none``."""
+        return self.otel_traces_exporter == "otlp" and bool(
+            self.otel_exporter_otlp_traces_endpoint or self.otel_exporter_otlp_endpoint
+        )
+
+    @property
+    def otlp_metrics_enabled(self) -> bool:
+        return self.otel_metrics_exporter == "otlp" and bool(
+            self.otel_exporter_otlp_metrics_endpoint or self.otel_exporter_otlp_endpoint
+        )
+
     def require_token(self) -> None:
         """Fail at start, not at the first connection, when no token can be had."""
         self.read_token()
@@ -168,6 +226,8 @@ _ENV_NAMES = {
 
 
 def env_name(field_name: str) -> str:
+    if field_name.startswith("otel_"):
+        return field_name.upper()
     return _ENV_NAMES.get(field_name, "AMT_" + field_name.upper())
 
 
@@ -180,7 +240,7 @@ def load_settings(**overrides: object) -> Settings:
         for err in exc.errors(include_url=False):
             loc = err["loc"][0] if err["loc"] else ""
             name = env_name(str(loc)) if loc else "configuration"
-            if loc in ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION"):
+            if str(loc).isupper():
                 name = str(loc)
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{name}: {msg}")

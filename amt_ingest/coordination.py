@@ -16,6 +16,11 @@ Keys:
 - ``amt:resync:<id>``, ``amt:resyncs``  resyncs of a type: progress, ids done (resumable)
 - ``amt:stats``                     counters (``<kind>:<path>:<topic>`` and reasons)
 - ``amt:dead:records``              dead-lettered records (hash: ``<topic>:<id>`` -> JSON)
+- ``amt:retrying``                  records whose job is backing off (zset, by failure time)
+- ``amt:onepath``                   events seen on one path so far (zset ``<path>:<topic>:<id>``
+                                    by first arrival), while both paths run
+- ``amt:lags``                      the last 1,000 path lags (ms), newest first
+- ``amt:gauges``                    queue depths and WebSocket state, published by services
 
 The ingest and complete scripts are the only writers of ``amt:rec:*``; each runs
 atomically, so every race between routers and jobs resolves inside Redis.
@@ -57,6 +62,10 @@ RESYNCS_KEY: Final = "amt:resyncs"
 RESYNC_TTL_S: Final = 7 * 24 * 3600
 THROTTLE_KEY: Final = "amt:throttle"
 DEAD_RECORDS_KEY: Final = "amt:dead:records"
+RETRYING_KEY: Final = "amt:retrying"
+ONE_PATH_KEY: Final = "amt:onepath"
+LAGS_KEY: Final = "amt:lags"
+GAUGES_KEY: Final = "amt:gauges"
 JOB_TTL_MS: Final = 72 * 3600 * 1000  # longer than the 15-retry schedule (about 36 h)
 
 
@@ -76,6 +85,21 @@ async def _done(result: Awaitable[T] | T, what: str = "a Redis call") -> T:
 _UNLEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+
+# Pop events seen on one path only for longer than the grace window, count them
+# per path and topic; each is returned (and so logged) once, by one caller.
+_SWEEP_ONE_PATH: Final = """
+local cutoff = tonumber(ARGV[1])
+local found = redis.call(
+  'ZRANGEBYSCORE', KEYS[1], '-inf', cutoff, 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+for i = 1, #found, 2 do
+  redis.call('ZREM', KEYS[1], found[i])
+  local sep = string.find(found[i], ':', string.find(found[i], ':', 1, true) + 1, true)
+  redis.call('HINCRBY', KEYS[2], 'onepath:' .. string.sub(found[i], 1, sep - 1), 1)
+end
+return found
 """
 
 
@@ -132,6 +156,8 @@ class IngestResult:
     first_ms: int
     first_context: str
     jobs_created: int
+    #: Path lag (ms) when this is the first arrival on the second path, else -1.
+    lag_ms: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +179,8 @@ class PendingRecord:
     failed_at_ms: int = 0
     retry_delay_s: float = 0.0
     fence: int = 0
+    #: Trace contexts of the events merged since the last run (comma separated).
+    links: bytes = b""
 
 
 def _decode_pending(raw: Mapping[bytes, bytes]) -> dict[str, tuple[str, Any]]:
@@ -182,6 +210,7 @@ class Coordinator:
         self._replay = client.register_script(_script("replay.lua"))
         self._mark = client.register_script(_script("mark.lua"))
         self._unlease = client.register_script(_UNLEASE)
+        self._sweep = client.register_script(_SWEEP_ONE_PATH)
 
     # -- hand-off ------------------------------------------------------------
 
@@ -191,6 +220,7 @@ class Coordinator:
         *,
         path: str,
         contexts: Sequence[str] | None = None,
+        track_one_path: bool = False,
     ) -> list[IngestResult]:
         """Hand events off durably, in one round trip. Returns one result per event.
 
@@ -198,9 +228,12 @@ class Coordinator:
         scheduled where needed, the outcome counted). Raises
         :class:`CoordinationError` if any part failed: then nothing may be
         acknowledged, and a redelivery is safe (dedup makes it a no-op).
+        ``contexts`` are the events' encoded trace contexts; ``track_one_path``
+        keeps first arrivals in ``amt:onepath`` until the other path brings them.
         """
         if not events:
             return []
+        track = "1" if track_one_path else "0"
         pipe = self.redis.pipeline(transaction=False)
         for i, event in enumerate(events):
             entries = pending_entries(event)
@@ -214,6 +247,7 @@ class Coordinator:
                 self.queue_name,
                 JOB_TTL_MS,
                 JOB_FUNCTION,
+                track,
                 len(entries),
             ]
             for name, value in entries:
@@ -235,7 +269,7 @@ class Coordinator:
         for reply in replies:
             if isinstance(reply, Exception):
                 raise CoordinationError(f"hand-off to Redis failed: {reply}") from reply
-            outcome, first_path, first_ms, ctx, jobs = reply
+            outcome, first_path, first_ms, ctx, jobs, lag = reply
             results.append(
                 IngestResult(
                     outcome=outcome.decode(),
@@ -243,6 +277,7 @@ class Coordinator:
                     first_ms=int(first_ms),
                     first_context=ctx.decode(),
                     jobs_created=int(jobs),
+                    lag_ms=int(lag),
                 )
             )
         return results
@@ -296,6 +331,7 @@ class Coordinator:
             failed_at_ms=int(raw.get(b"failed_at", b"0")),
             retry_delay_s=float(raw.get(b"retry_delay", b"0")),
             fence=int(reply[2]),
+            links=raw.get(b"l", b""),
         )
 
     async def record_failure(self, record: PendingRecord, *, retry_delay_s: float) -> int:
@@ -303,12 +339,11 @@ class Coordinator:
         key = record_key(record.topic, record.record_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hincrby(key, "fail", 1)
-        pipe.hset(
-            key,
-            mapping={"failed_at": int(time.time() * 1000), "retry_delay": retry_delay_s},
-        )
+        now_ms = int(time.time() * 1000)
+        pipe.hset(key, mapping={"failed_at": now_ms, "retry_delay": retry_delay_s})
+        pipe.zadd(RETRYING_KEY, {key: now_ms})
         try:
-            failures, _ = await pipe.execute()
+            failures, _, _ = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise CoordinationError(f"counting a failure of {record.record_id}: {exc}") from exc
         return int(failures)
@@ -353,6 +388,7 @@ class Coordinator:
             record.topic,
             record.record_id,
             record.token,
+            record.links,
         ]
         for key, value in record.entries.items():
             args.append(key)
@@ -513,6 +549,50 @@ class Coordinator:
         if b"position" not in raw:
             return None
         return raw[b"position"].decode(), raw[b"org"].decode()
+
+    async def sweep_one_path(self, *, grace_ms: int, limit: int = 1000) -> list[tuple[str, int]]:
+        """Events seen on one path only for longer than ``grace_ms``.
+
+        Each is popped, counted as ``onepath:<path>:<topic>`` and returned once
+        as ``("<path>:<topic>:<event_id>", first_seen_ms)``, whichever process
+        sweeps first.
+        """
+        cutoff = int(time.time() * 1000) - grace_ms
+        try:
+            flat = await self._sweep(keys=[ONE_PATH_KEY, STATS_KEY], args=[cutoff, limit])
+        except (RedisError, OSError) as exc:
+            raise CoordinationError(f"sweeping one-path events failed: {exc}") from exc
+        return [(m.decode(), int(float(t))) for m, t in zip(flat[::2], flat[1::2], strict=True)]
+
+    async def publish_gauges(self, values: Mapping[str, str | int | float]) -> None:
+        """Share this process's view (queue depths, WebSocket state) with ``status``."""
+        if values:
+            await _done(self.redis.hset(GAUGES_KEY, mapping=dict(values)), "publishing gauges")
+
+    async def overview(self) -> dict[str, Any]:
+        """Everything ``status`` shows that Redis holds, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(STATS_KEY)
+        pipe.lrange(LAGS_KEY, 0, -1)
+        pipe.zcard(self.queue_name)
+        pipe.zcard(RETRYING_KEY)
+        pipe.hlen(DEAD_RECORDS_KEY)
+        pipe.zcard(ONE_PATH_KEY)
+        pipe.hgetall(GAUGES_KEY)
+        pipe.hgetall(THROTTLE_KEY)
+        stats, lags, queued, retrying, dead, one_path, gauges, throttle = await self._execute(
+            pipe, "reading the overview"
+        )
+        return {
+            "stats": {k.decode(): int(v) for k, v in stats.items()},
+            "lags_ms": [int(v) for v in lags],
+            "queued_jobs": int(queued),
+            "retrying_records": int(retrying),
+            "dead_records": int(dead),
+            "one_path_pending": int(one_path),
+            "gauges": {k.decode(): v.decode() for k, v in gauges.items()},
+            "throttle": {k.decode(): v.decode() for k, v in throttle.items()},
+        }
 
     async def stats(self) -> dict[str, int]:
         raw = await _done(self.redis.hgetall(STATS_KEY))

@@ -1,4 +1,4 @@
-"""HTTP endpoints for the orchestrator: ``/healthz`` (alive) and ``/readyz`` (ready)."""
+"""HTTP endpoints: ``/healthz`` (alive), ``/readyz`` (ready) and ``/metrics`` (Prometheus)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from aiohttp import web
 __all__ = ["HealthServer", "readiness"]
 
 Check = Callable[[], Awaitable[tuple[bool, str]]]
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def readiness(results: dict[str, tuple[bool, str]]) -> tuple[bool, dict[str, Any]]:
@@ -19,11 +20,53 @@ def readiness(results: dict[str, tuple[bool, str]]) -> tuple[bool, dict[str, Any
     return ok, {"ready": ok, "checks": {k: {"ok": g, "detail": d} for k, (g, d) in results.items()}}
 
 
+def sources_readiness(
+    *,
+    ws_enabled: bool,
+    ws_connected: bool,
+    ws_down_for: float | None,
+    ws_fatal: str | None,
+    sqs_enabled: bool,
+    sqs_ok: bool,
+    grace_s: float,
+) -> tuple[bool, str]:
+    """Ready while either path takes events. A WebSocket down for less than
+    ``grace_s`` (a reconnect) still counts as taking them."""
+    ws_ok = (
+        ws_enabled
+        and ws_fatal is None
+        and (ws_connected or (ws_down_for is not None and ws_down_for < grace_s))
+    )
+    if ws_fatal is not None:
+        ws_state = "stopped"
+    elif ws_connected:
+        ws_state = "up"
+    elif ws_down_for is not None:
+        ws_state = f"down {ws_down_for:.0f}s"
+    else:
+        ws_state = "down"
+    detail = (
+        f"websocket={ws_state if ws_enabled else 'off'} "
+        f"sqs={('up' if sqs_ok else 'failing') if sqs_enabled else 'off'}"
+    )
+    if ws_ok or (sqs_enabled and sqs_ok):
+        return True, detail
+    return False, detail + f" (websocket down over {grace_s:.0f}s and no SQS poll succeeding)"
+
+
 class HealthServer:
-    def __init__(self, *, host: str, port: int, checks: dict[str, Check]):
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        checks: dict[str, Check],
+        metrics: Callable[[], bytes] | None = None,
+    ):
         self.host = host
         self.port = port
         self.checks = checks
+        self.metrics = metrics
         self.started = time.monotonic()
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
@@ -32,6 +75,8 @@ class HealthServer:
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        if self.metrics is not None:
+            app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -47,6 +92,10 @@ class HealthServer:
     async def _healthz(self, _request: web.Request) -> web.Response:
         body = {"alive": True, "uptime_s": round(time.monotonic() - self.started, 1)}
         return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        assert self.metrics is not None
+        return web.Response(body=self.metrics(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
     async def _readyz(self, _request: web.Request) -> web.Response:
         results: dict[str, tuple[bool, str]] = {}

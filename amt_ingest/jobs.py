@@ -28,6 +28,8 @@ from arq import Retry
 from arq.connections import ArqRedis, RedisSettings
 from arq.cron import cron
 from arq.worker import Function, Worker, func
+from opentelemetry import trace
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, StatusCode
 
 from .config import Settings
 from .coordination import (
@@ -45,6 +47,8 @@ from .policy import job_retry_delay, throttle_wait
 from .resync import resync_topic
 from .salesforce import SalesforceClient, SalesforceError, snapshot_changes, snapshot_position
 from .store import Store
+from .telemetry import Telemetry
+from .telemetry.tracing import ROOT, links_from
 
 __all__ = ["apply_record", "build_worker", "job_serializer"]
 
@@ -68,12 +72,9 @@ def job_deserializer(raw: bytes) -> dict[str, Any]:
 async def apply_record(ctx: dict[str, Any], topic: str, record_id: str) -> str:
     """Apply a record's pending changes; returns what happened to the record."""
     coordinator: Coordinator = ctx["coordinator"]
-    store: Store = ctx["store"]
-    max_tries: int = ctx["max_tries"]
     job_id: str = ctx["job_id"]
     job_try: int = ctx.get("job_try", 1)
     bound = log.bind(topic=topic, record_id=record_id, job_id=job_id, job_try=job_try)
-    started = time.perf_counter()
     try:
         record = await coordinator.claim(
             topic, record_id, job_id, token=uuid.uuid4().hex, lease_ms=ctx["lease_ms"]
@@ -89,11 +90,85 @@ async def apply_record(ctx: dict[str, Any], topic: str, record_id: str) -> str:
         # in-progress key lapsed): never two runs on one record at once.
         bound.warning("job_record_busy", retry_in_ms=record)
         raise Retry(defer=record / 1000)
+    telemetry: Telemetry = ctx.get("telemetry") or Telemetry.off()
+    # The run joins the trace of the first event it applies and links the others.
+    events = links_from(record.links)
+    parent = trace.set_span_in_context(NonRecordingSpan(events[0])) if events else ROOT
+    run = _Run()
+    started = time.perf_counter()
+    with telemetry.tracer.start_as_current_span(
+        f"apply {topic}",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        links=[Link(event, {"amt.link": "coalesced_event"}) for event in events],
+        attributes={
+            "messaging.system": "arq",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": QUEUE_NAME,
+            "messaging.message.id": job_id,
+            "amt.topic": topic,
+            "amt.record_id": record_id,
+            "amt.job_try": job_try,
+            "amt.events": len(events),
+            "amt.changes": len(record.changes),
+        },
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            return await _apply_claimed(ctx, record, job_id, bound.bind(**_ids(span)), run)
+        finally:
+            elapsed = time.perf_counter() - started
+            span.set_attribute("amt.job_outcome", run.outcome)
+            if run.outcome in ("error", "retry", "dead_lettered"):
+                span.set_status(StatusCode.ERROR, run.error or run.outcome)
+            attributes = {"topic": topic, "outcome": run.outcome}
+            telemetry.metrics.jobs.add(1, attributes)
+            telemetry.metrics.job_duration.record(elapsed, attributes)
+            if run.committed_ms:
+                for position in run.positions:
+                    commit_ms = int(position[:15])
+                    telemetry.metrics.latency.record(
+                        max(0.0, (run.committed_ms - commit_ms) / 1000), {"topic": topic}
+                    )
+
+
+class _Run:
+    """What one run did, for its span and metrics."""
+
+    __slots__ = ("committed_ms", "error", "outcome", "positions")
+
+    def __init__(self) -> None:
+        self.outcome = "error"
+        self.error = ""
+        self.committed_ms = 0
+        self.positions: set[str] = set()
+
+
+def _ids(span: Span) -> dict[str, str]:
+    context = span.get_span_context()
+    if not context.is_valid:
+        return {}
+    return {
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+    }
+
+
+async def _apply_claimed(
+    ctx: dict[str, Any], record: PendingRecord, job_id: str, bound: Any, run: _Run
+) -> str:
+    coordinator: Coordinator = ctx["coordinator"]
+    store: Store = ctx["store"]
+    max_tries: int = ctx["max_tries"]
+    topic, record_id = record.topic, record.record_id
+    started = time.perf_counter()
     if record.failures:
         wait = await _throttled(coordinator, record)
         if wait is not None:
             bound.info("job_retry_throttled", wait_s=round(wait, 1))
             await _release(coordinator, record)
+            run.outcome = "throttled"
             raise Retry(defer=wait)
     changes = dict(record.changes)
     reread = changes.pop(REREAD_FIELD, None)
@@ -105,15 +180,19 @@ async def apply_record(ctx: dict[str, Any], topic: str, record_id: str) -> str:
         # This run lost its lease (its process stalled) and a newer run wrote the
         # record: stop without touching the pending changes, which that run owns.
         bound.warning("job_fenced", error=str(exc))
+        run.outcome = "fenced"
         return "fenced"
     except (StoreError, SalesforceError) as exc:
+        run.error = str(exc)
         if record.failures + 1 >= max_tries:
             try:
                 status = await coordinator.dead_letter_record(record, job_id, str(exc))
             except CoordinationError as redis_exc:
                 await _release(coordinator, record)
+                run.outcome = "retry"
                 raise Retry(defer=COORDINATION_RETRY_S) from redis_exc
             bound.error("job_dead_lettered", error=str(exc), status=status, tries=max_tries)
+            run.outcome = "dead_lettered"
             return "dead_lettered"
         delay = job_retry_delay(record.failures + 1)
         try:
@@ -122,16 +201,22 @@ async def apply_record(ctx: dict[str, Any], topic: str, record_id: str) -> str:
             failures = record.failures + 1
         bound.warning("job_retry", error=str(exc), failures=failures, retry_in_s=round(delay, 1))
         await _release(coordinator, record)
+        run.outcome = "retry"
         raise Retry(defer=delay) from exc
     except BaseException:
         await _release(coordinator, record)
         raise
+    run.committed_ms = int(time.time() * 1000)
+    run.positions = {position for position, _ in changes.values()}
     try:
         status, next_job = await coordinator.complete(record, job_id)
     except CoordinationError as exc:
         bound.warning("job_redis_error", error=str(exc))
         await _release(coordinator, record)
+        run.outcome = "retry"
+        run.error = str(exc)
         raise Retry(defer=COORDINATION_RETRY_S) from exc
+    run.outcome = "applied"
     bound.info(
         "job_done",
         applied=result.applied,
@@ -235,6 +320,7 @@ def build_worker(
     salesforce: SalesforceClient,
     handle_signals: bool,
     burst: bool = False,
+    telemetry: Telemetry | None = None,
 ) -> Worker:
     """An arq worker for the record jobs, sharing the process's Redis pool and store."""
     return Worker(
@@ -273,6 +359,7 @@ def build_worker(
             "coordinator": coordinator,
             "store": store,
             "salesforce": salesforce,
+            "telemetry": telemetry or Telemetry.off(),
             "max_tries": settings.job_max_tries,
             "lease_ms": lease_ms(settings),
             "resync_rate": settings.resync_rate,

@@ -5,6 +5,9 @@ their input only after it returns: by then every kept event is durably in
 Redis (deduplicated by ``event_id`` across paths, merged into its records'
 pending changes, a job scheduled where needed). Events of orgs that are not
 allowed are filtered out and counted, never dead-lettered.
+
+Each arrival gets a ``process`` span (in its event's trace, see
+:mod:`amt_ingest.telemetry.tracing`) and one log line with its outcome.
 """
 
 from __future__ import annotations
@@ -15,10 +18,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import structlog
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, get_current_span
 
 from .coordination import Coordinator, IngestResult
-from .events import Event
+from .events import Event, Rejected
 from .policy import org_allowed
+from .telemetry import Telemetry
+from .telemetry.tracing import (
+    MESSAGING_SYSTEM,
+    ROOT,
+    decode_context,
+    encode_context,
+    event_trace_id,
+    next_trace_id,
+)
 
 __all__ = ["RouteReport", "Router"]
 
@@ -51,8 +64,13 @@ class Router:
         allowed_orgs: Sequence[str] = (),
         max_queued_jobs: int = 20_000,
         capacity_poll_s: float = 0.25,
+        telemetry: Telemetry | None = None,
+        track_one_path: bool = False,
     ):
         self.coordinator = coordinator
+        self.telemetry = telemetry or Telemetry.off()
+        #: Both paths run: keep first arrivals until the other path brings them.
+        self.track_one_path = track_one_path
         self.allowed = frozenset(org[:15] for org in allowed_orgs)
         self.max_queued_jobs = max_queued_jobs
         self.capacity_poll_s = capacity_poll_s
@@ -85,12 +103,21 @@ class Router:
 
     async def route(self, events: Sequence[Event], *, path: str) -> RouteReport:
         """Hand a batch off durably; raises :class:`~amt_ingest.errors.CoordinationError`
-        if Redis did not confirm all of it (then acknowledge nothing)."""
+        if Redis did not confirm all of it (then acknowledge nothing).
+
+        Call it inside the batch's receive span: each event's span links to it.
+        """
         report = RouteReport()
+        counts: Counter[tuple[str, str, str]] = Counter()
+        batch = get_current_span().get_span_context()
+        batch_links = [Link(batch)] if batch.is_valid else []
         kept, filtered = split_by_org(events, self.allowed)
         if filtered:
             await self.coordinator.count(Counter(f"filtered:{path}:{e.topic}" for e in filtered))
             for event in filtered:
+                span = self._start_span(event, path, batch_links)
+                span.set_attribute("amt.outcome", "filtered")
+                span.end()
                 log.info(
                     "event_filtered",
                     event_id=event.event_id,
@@ -98,22 +125,121 @@ class Router:
                     topic=event.topic,
                     path=path,
                     outcome="filtered",
+                    **_ids(span),
                 )
+                counts[(path, event.topic, "filtered")] += 1
             report.outcomes["filtered"] += len(filtered)
-        results = await self.coordinator.ingest(kept, path=path) if kept else []
-        for event, result in zip(kept, results, strict=True):
+        spans = [self._start_span(event, path, batch_links) for event in kept]
+        try:
+            results = (
+                await self.coordinator.ingest(
+                    kept,
+                    path=path,
+                    contexts=[encode_context(span.get_span_context()) for span in spans],
+                    track_one_path=self.track_one_path,
+                )
+                if kept
+                else []
+            )
+        except BaseException as exc:
+            for span in spans:
+                span.set_status(Status(StatusCode.ERROR, f"hand-off failed: {exc}"))
+                span.end()
+            raise
+        metrics = self.telemetry.metrics
+        for event, result, span in zip(kept, results, spans, strict=True):
             report.outcomes[result.outcome] += 1
             report.jobs_created += result.jobs_created
-            _log_outcome(event, result, path)
+            counts[(path, event.topic, result.outcome)] += 1
+            span.set_attribute("amt.outcome", result.outcome)
+            if result.outcome == "duplicate":
+                span.set_attribute("amt.first_path", result.first_path)
+                first = decode_context(result.first_context)
+                if first is not None:
+                    span.add_link(first, {"amt.link": "first_arrival"})
+            if result.lag_ms >= 0:
+                lag_s = result.lag_ms / 1000
+                span.set_attribute("amt.path_lag_s", lag_s)
+                metrics.path_lag.record(
+                    lag_s, {"first_path": result.first_path, "topic": event.topic}
+                )
+            span.end()
+            _log_outcome(event, result, path, span)
+        metrics.count_events(counts)
         return report
 
+    def note_rejected(self, rejected: Sequence[Rejected], *, path: str) -> None:
+        """Record input a source rejected (it dead-letters and logs it): a span
+        with ``amt.outcome`` = rejected per item and the per-reason counter."""
+        batch = get_current_span().get_span_context()
+        links = [Link(batch)] if batch.is_valid else []
+        for bad in rejected:
+            token = next_trace_id.set(event_trace_id(bad.event_id) if bad.event_id else None)
+            try:
+                span = self.telemetry.tracer.start_span(
+                    "process rejected",
+                    context=ROOT,
+                    kind=SpanKind.CONSUMER,
+                    links=links,
+                    attributes={
+                        "messaging.system": MESSAGING_SYSTEM.get(path, path),
+                        "messaging.operation.type": "process",
+                        "amt.path": path,
+                        "amt.outcome": "rejected",
+                        "amt.reason": bad.reason,
+                        "amt.event_id": bad.event_id or "",
+                    },
+                )
+            finally:
+                next_trace_id.reset(token)
+            span.set_status(Status(StatusCode.ERROR, f"{bad.reason}: {bad.detail}"[:500]))
+            span.end()
+        self.telemetry.metrics.count_rejected(path, (bad.reason for bad in rejected))
 
-def _log_outcome(event: Event, result: IngestResult, path: str) -> None:
-    extra = (
+    def _start_span(self, event: Event, path: str, links: list[Link]) -> Span:
+        # A root span whose trace id is the event's: both arrivals share a trace.
+        token = next_trace_id.set(event_trace_id(event.event_id))
+        try:
+            return self.telemetry.tracer.start_span(
+                f"process {event.topic}",
+                context=ROOT,
+                kind=SpanKind.CONSUMER,
+                links=links,
+                attributes={
+                    "messaging.system": MESSAGING_SYSTEM.get(path, path),
+                    "messaging.operation.type": "process",
+                    "messaging.operation.name": "process",
+                    "messaging.destination.name": event.topic,
+                    "amt.event_id": event.event_id,
+                    "amt.record_id": event.record_ids[0] if event.record_ids else "",
+                    "amt.record_count": len(event.record_ids),
+                    "amt.topic": event.topic,
+                    "amt.path": path,
+                    "amt.change_type": event.change_type.value,
+                },
+            )
+        finally:
+            next_trace_id.reset(token)
+
+
+def _ids(span: Span) -> dict[str, str]:
+    context = span.get_span_context()
+    if not context.is_valid:
+        return {}
+    return {
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+    }
+
+
+def _log_outcome(event: Event, result: IngestResult, path: str, span: Span) -> None:
+    extra: dict[str, object] = (
         {"first_path": result.first_path}
         if result.outcome == "duplicate"
         else {"change_type": event.change_type.value}
     )
+    if result.lag_ms >= 0:
+        extra["path_lag_ms"] = result.lag_ms
     log.info(
         "event_routed",
         event_id=event.event_id,
@@ -122,4 +248,5 @@ def _log_outcome(event: Event, result: IngestResult, path: str) -> None:
         path=path,
         outcome=result.outcome,
         **extra,
+        **_ids(span),
     )

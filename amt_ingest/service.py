@@ -24,7 +24,7 @@ from .config import Settings
 from .coordination import Coordinator
 from .deadletter import DeadLetters
 from .errors import AwsError, IngestError
-from .health import HealthServer
+from .health import HealthServer, sources_readiness
 from .jobs import build_worker, create_arq_pool
 from .policy import backoff
 from .router import Router
@@ -32,6 +32,8 @@ from .salesforce import SalesforceClient
 from .sources.sqs import SqsPoller
 from .sources.websocket import WebSocketListener
 from .store import Store
+from .telemetry import Telemetry, setup_telemetry
+from .watch import Watcher
 
 __all__ = ["run_service"]
 
@@ -75,12 +77,14 @@ class WorkerRunner:
         coordinator: Coordinator,
         store: Store,
         salesforce: SalesforceClient,
+        telemetry: Telemetry,
     ):
         self.settings = settings
         self.pool = pool
         self.coordinator = coordinator
         self.store = store
         self.salesforce = salesforce
+        self.telemetry = telemetry
         self.workers: list[Any] = []
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -93,6 +97,7 @@ class WorkerRunner:
                 store=self.store,
                 salesforce=self.salesforce,
                 handle_signals=False,
+                telemetry=self.telemetry,
             )
             self.workers = [w for w in self.workers if _running(w)] + [worker]
             try:
@@ -125,6 +130,7 @@ async def run_service(
     sources: bool = True,
     worker: bool = True,
     stop: asyncio.Event | None = None,
+    telemetry: Telemetry | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT (or ``stop``); returns the exit code."""
     stop = stop or asyncio.Event()
@@ -132,26 +138,33 @@ async def run_service(
     if sources:
         settings.require_token()
     async with AsyncExitStack() as stack:
+        if telemetry is None:
+            telemetry = setup_telemetry(settings)
+            stack.callback(telemetry.shutdown)
         redis = await _connect_redis(settings)
         stack.push_async_callback(redis.aclose)
+        telemetry.instrument_redis(redis)
         store = Store.open(settings.database_url)
         stack.push_async_callback(store.close)
+        telemetry.instrument_engine(store.engine)
         await store.ensure_schema()
         coordinator = Coordinator(redis, dedup_ttl=settings.dedup_ttl_seconds)
         router = Router(
             coordinator,
             allowed_orgs=settings.allowed_org_ids,
             max_queued_jobs=settings.max_queued_jobs,
+            telemetry=telemetry,
+            track_one_path=sources and bool(settings.sqs_queue_urls),
         )
 
         tasks: dict[str, asyncio.Task[Any]] = {}
         listener: WebSocketListener | None = None
         pollers: list[SqsPoller] = []
+        sqs: Any = None
+        dlqs: dict[str, str] = {}
         if sources:
             if not settings.allowed_org_ids:
                 log.warning("org_filter_off", hint="set AMT_ALLOWED_ORG_IDS to keep only your orgs")
-            sqs = None
-            dlqs: dict[str, str] = {}
             if settings.sqs_queue_urls:
                 sqs = await stack.enter_async_context(aws.client(settings, "sqs"))
                 for url in settings.sqs_queue_urls:
@@ -201,7 +214,12 @@ async def run_service(
             salesforce = SalesforceClient(settings.salesforce_base_url, token=settings.read_token)
             stack.push_async_callback(salesforce.aclose)
             runner = WorkerRunner(
-                settings, pool=pool, coordinator=coordinator, store=store, salesforce=salesforce
+                settings,
+                pool=pool,
+                coordinator=coordinator,
+                store=store,
+                salesforce=salesforce,
+                telemetry=telemetry,
             )
             tasks["worker"] = asyncio.create_task(runner.run(stop), name="worker")
 
@@ -216,21 +234,40 @@ async def run_service(
         async def sources_ok() -> tuple[bool, str]:
             if not sources:
                 return True, "no sources in this process"
-            ws_ok = listener is not None and listener.state.connected
-            sqs_ok = any(
-                p.state.consecutive_errors == 0 and p.state.last_poll_ok_at for p in pollers
+            state = listener.state if listener is not None else None
+            # The grace covers reconnects, not a start that never got through.
+            down_since = state.disconnected_since if state and state.subscribed_once else None
+            return sources_readiness(
+                ws_enabled=state is not None,
+                ws_connected=bool(state and state.connected),
+                ws_down_for=None if down_since is None else time.monotonic() - down_since,
+                ws_fatal=state.fatal if state is not None else None,
+                sqs_enabled=bool(pollers),
+                sqs_ok=any(
+                    p.state.consecutive_errors == 0 and p.state.last_poll_ok_at for p in pollers
+                ),
+                grace_s=settings.ready_ws_grace_s,
             )
-            if ws_ok or sqs_ok:
-                return (
-                    True,
-                    f"websocket={'up' if ws_ok else 'down'} sqs={'up' if sqs_ok else 'down'}",
-                )
-            return False, "websocket disconnected and no SQS poll succeeding"
+
+        if listener is not None:
+            ws_state = listener.state
+            telemetry.metrics.gauges.websocket = lambda: int(ws_state.connected)
+        watcher = Watcher(
+            settings,
+            coordinator=coordinator,
+            telemetry=telemetry,
+            sqs=sqs,
+            queues={url: dlqs.get(url) for url in settings.sqs_queue_urls} if sources else {},
+            listener=listener,
+            sweep_one_path=sources and bool(settings.sqs_queue_urls),
+        )
+        tasks["gauges"] = asyncio.create_task(watcher.run(stop), name="gauges")
 
         health = HealthServer(
             host=settings.http_host,
             port=settings.http_port,
             checks={"redis": redis_ok, "database": database_ok, "sources": sources_ok},
+            metrics=telemetry.prometheus_text,
         )
         await health.start()
         stack.push_async_callback(health.stop)
@@ -240,6 +277,7 @@ async def run_service(
             worker=worker,
             queues=len(settings.sqs_queue_urls),
             http_port=health.bound_port,
+            telemetry=telemetry.exports,
         )
 
         stopper = asyncio.create_task(stop.wait())
@@ -259,7 +297,7 @@ async def run_service(
                     stop.set()
         stopper.cancel()
         started = time.monotonic()
-        intake = [t for name, t in tasks.items() if name != "worker"]
+        intake = [t for name, t in tasks.items() if name not in ("worker", "gauges")]
         if intake:
             _, pending = await asyncio.wait(intake, timeout=settings.shutdown_grace)
             for task in pending:
@@ -270,6 +308,8 @@ async def run_service(
             await runner.drain(remaining)
             tasks["worker"].cancel()
             await asyncio.gather(tasks["worker"], return_exceptions=True)
+        tasks["gauges"].cancel()
+        await asyncio.gather(tasks["gauges"], return_exceptions=True)
         log.info(
             "service_stopped", exit_code=exit_code, shutdown_s=round(time.monotonic() - started, 2)
         )

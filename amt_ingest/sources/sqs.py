@@ -23,6 +23,8 @@ from typing import Any
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from ..config import Settings
 from ..coordination import Coordinator
@@ -73,6 +75,8 @@ class SqsPoller:
         self.release_delay = release_delay
         self.state = PollerState()
         self.log = log.bind(queue_url=queue_url)
+        self.queue_name = queue_url.rstrip("/").rsplit("/", 1)[-1]
+        self.telemetry = router.telemetry
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set; the receive in flight is awaited, its messages released."""
@@ -82,6 +86,7 @@ class SqsPoller:
                 await self.router.wait_for_capacity(stop)  # polling pauses while workers lag
                 if stop.is_set():
                     return
+                started_ns = time.time_ns()
                 messages = await self._receive()
             except (ClientError, BotoCoreError, OSError, CoordinationError) as exc:
                 self.state.consecutive_errors += 1
@@ -96,10 +101,36 @@ class SqsPoller:
             if not messages:
                 continue
             self.state.received += len(messages)
-            if stop.is_set():
-                await self._release(messages, "shutting down")
-                return
-            await self._handle(messages, stop)
+            self.telemetry.metrics.sqs_batch.record(len(messages), {"queue": self.queue_name})
+            # Only receives that brought messages are traced: an empty long poll
+            # every 20 s per receiver would bury them.
+            with self.telemetry.tracer.start_as_current_span(
+                f"receive {self.queue_name}",
+                kind=SpanKind.CLIENT,
+                start_time=started_ns,
+                attributes=self._attributes("receive", "ReceiveMessage", len(messages)),
+            ):
+                if stop.is_set():
+                    await self._release(messages, "shutting down")
+                    return
+                await self._handle(messages, stop)
+
+    def _attributes(self, operation: str, name: str, count: int) -> dict[str, str | int]:
+        return {
+            "messaging.system": "aws_sqs",
+            "messaging.operation.type": operation,
+            "messaging.operation.name": name,
+            "messaging.destination.name": self.queue_name,
+            "messaging.batch.message_count": count,
+            "server.address": self.queue_url.split("/")[2] if "//" in self.queue_url else "",
+        }
+
+    def _settle_span(self, name: str, count: int) -> trace.Span:
+        return self.telemetry.tracer.start_span(
+            f"settle {self.queue_name}",
+            kind=SpanKind.CLIENT,
+            attributes=self._attributes("settle", name, count),
+        )
 
     async def _receive(self) -> list[dict[str, Any]]:
         reply = await self.sqs.receive_message(
@@ -151,6 +182,7 @@ class SqsPoller:
             event_messages: list[dict[str, Any]] = []
             rejected_messages: list[dict[str, Any]] = []
             rejects: Counter[str] = Counter()
+            bad: list[Rejected] = []
             for message in messages:
                 result = parse_sqs_message(
                     message.get("Body", ""),
@@ -170,10 +202,13 @@ class SqsPoller:
                     )
                     rejects[f"rejected:sqs:{result.reason}"] += 1
                     rejected_messages.append(message)
+                    bad.append(result)
                 else:
                     events.append(result)
                     event_messages.append(message)
             self.state.dead_lettered += len(rejected_messages)
+            if bad:
+                self.router.note_rejected(bad, path="sqs")
             if not await self._hand_off(events, rejects, stop):
                 await self._delete(rejected_messages)  # already in the dead-letter queue
                 # Back soon, but not at once: every receive counts towards the redrive
@@ -196,13 +231,21 @@ class SqsPoller:
         entries = [
             {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
         ]
-        try:
-            reply = await self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
-        except (ClientError, BotoCoreError, OSError) as exc:
-            # The messages come back after the visibility timeout; dedup makes them no-ops.
-            self.log.warning("sqs_delete_failed", error=str(exc), count=len(entries))
-            return
-        failed = reply.get("Failed", [])
+        with trace.use_span(
+            self._settle_span("DeleteMessageBatch", len(entries)), end_on_exit=True
+        ):
+            try:
+                reply = await self.sqs.delete_message_batch(
+                    QueueUrl=self.queue_url, Entries=entries
+                )
+            except (ClientError, BotoCoreError, OSError) as exc:
+                # The messages come back after the visibility timeout; dedup makes them no-ops.
+                self.log.warning("sqs_delete_failed", error=str(exc), count=len(entries))
+                trace.get_current_span().set_status(trace.StatusCode.ERROR, str(exc))
+                return
+            failed = reply.get("Failed", [])
+            if failed:
+                trace.get_current_span().set_attribute("amt.failed_count", len(failed))
         self.state.deleted += len(entries) - len(failed)
         for failure in failed:
             self.log.warning(
@@ -222,11 +265,17 @@ class SqsPoller:
             {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": visibility}
             for i, m in enumerate(messages)
         ]
-        try:
-            await self.sqs.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
-            self.log.info("sqs_released", count=len(entries), reason=reason)
-        except (ClientError, BotoCoreError, OSError) as exc:
-            self.log.warning("sqs_release_failed", error=str(exc), count=len(entries))
+        span = self._settle_span("ChangeMessageVisibilityBatch", len(entries))
+        span.set_attribute("amt.visibility_timeout_s", visibility)
+        with trace.use_span(span, end_on_exit=True):
+            try:
+                await self.sqs.change_message_visibility_batch(
+                    QueueUrl=self.queue_url, Entries=entries
+                )
+                self.log.info("sqs_released", count=len(entries), reason=reason)
+            except (ClientError, BotoCoreError, OSError) as exc:
+                self.log.warning("sqs_release_failed", error=str(exc), count=len(entries))
+                span.set_status(trace.StatusCode.ERROR, str(exc))
 
     async def _extend_visibility(self, messages: list[dict[str, Any]]) -> None:
         timeout = self.settings.sqs_visibility_timeout
@@ -236,9 +285,13 @@ class SqsPoller:
                 {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": timeout}
                 for i, m in enumerate(messages)
             ]
-            try:
-                await self.sqs.change_message_visibility_batch(
-                    QueueUrl=self.queue_url, Entries=entries
-                )
-            except (ClientError, BotoCoreError, OSError) as exc:
-                self.log.warning("sqs_extend_visibility_failed", error=str(exc))
+            span = self._settle_span("ChangeMessageVisibilityBatch", len(entries))
+            span.set_attribute("amt.visibility_timeout_s", timeout)
+            with trace.use_span(span, end_on_exit=True):
+                try:
+                    await self.sqs.change_message_visibility_batch(
+                        QueueUrl=self.queue_url, Entries=entries
+                    )
+                except (ClientError, BotoCoreError, OSError) as exc:
+                    self.log.warning("sqs_extend_visibility_failed", error=str(exc))
+                    span.set_status(trace.StatusCode.ERROR, str(exc))

@@ -29,6 +29,7 @@ from typing import Any, Final
 
 import orjson
 import structlog
+from opentelemetry.trace import SpanKind
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.frames import CloseCode
@@ -91,6 +92,8 @@ class ListenerState:
     last_frame_at: float | None = None
     fatal: str | None = None
     events_handed_off: int = 0
+    #: Subscribed at least once since start (readiness grace applies only then).
+    subscribed_once: bool = False
 
 
 class _Reconnect(Exception):
@@ -210,6 +213,7 @@ class WebSocketListener:
                     log.error("ws_protocol_error", reason=reason)
                     delay = self.settings.ws_backoff_max
             self.state.reconnects += 1
+            self.router.telemetry.metrics.ws_reconnects.add(1, {"action": action})
             log.warning("ws_reconnecting", reason=reason, action=action, delay_s=round(delay, 2))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
@@ -286,7 +290,7 @@ class WebSocketListener:
             subscribe = await self._subscribe_message()
             await ws.send(orjson.dumps(subscribe).decode())
             log.info("ws_connected", url=self.settings.passport_ws_url, replay=subscribe["replay"])
-            frames: asyncio.Queue[EventsFrame] = asyncio.Queue()
+            frames: asyncio.Queue[tuple[EventsFrame, int]] = asyncio.Queue()
             reader: asyncio.Task[Any] = asyncio.create_task(self._read(ws, frames))
             handoff: asyncio.Task[Any] = asyncio.create_task(self._hand_off(ws, frames))
             stopper: asyncio.Task[Any] = asyncio.create_task(stop.wait())
@@ -306,7 +310,9 @@ class WebSocketListener:
                 if exc is not None:
                     raise exc
 
-    async def _read(self, ws: ClientConnection, frames: asyncio.Queue[EventsFrame]) -> None:
+    async def _read(
+        self, ws: ClientConnection, frames: asyncio.Queue[tuple[EventsFrame, int]]
+    ) -> None:
         timeout = self.settings.ws_heartbeat_timeout
         while True:
             try:
@@ -323,15 +329,18 @@ class WebSocketListener:
                     RESUME, f"no frame for {timeout}s (half-open connection)"
                 ) from None
             self.state.last_frame_at = time.monotonic()
+            received_ns = time.time_ns()
             frame = parse_ws_frame(message, max_bytes=self.settings.ws_max_frame_bytes)
             if isinstance(frame, Rejected):
                 log.warning("ws_frame_rejected", reason=frame.reason, detail=frame.detail)
+                self.router.note_rejected([frame], path="ws")
                 await self.dead_letters.put(frame, path="ws", source=self.settings.passport_ws_url)
                 await self.coordinator.count({f"rejected:ws:{frame.reason}": 1})
             elif isinstance(frame, EventsFrame):
-                frames.put_nowait(frame)
+                frames.put_nowait((frame, received_ns))
             elif isinstance(frame, SubscribedFrame):
                 self.state.connected = True
+                self.state.subscribed_once = True
                 self.state.connected_since = time.monotonic()
                 self.state.disconnected_since = None
                 log.info(
@@ -345,28 +354,58 @@ class WebSocketListener:
                 log.warning("ws_error_frame", code=frame.code, message=frame.message)
                 raise _Reconnect(action, f"server error {frame.code}: {frame.message}")
 
-    async def _hand_off(self, ws: ClientConnection, frames: asyncio.Queue[EventsFrame]) -> None:
+    async def _hand_off(
+        self, ws: ClientConnection, frames: asyncio.Queue[tuple[EventsFrame, int]]
+    ) -> None:
+        tracer = self.router.telemetry.tracer
         while True:
-            frame = await frames.get()
+            frame, received_ns = await frames.get()
             # Credits for this frame are granted only after its hand-off: waiting
             # here is what stops Passport when the workers fall behind.
             await self.router.wait_for_capacity()
-            events = [item for item in frame.items if isinstance(item, Event)]
-            rejected = [item for item in frame.items if isinstance(item, Rejected)]
-            for bad in rejected:
-                log.warning(
-                    "ws_event_rejected",
-                    reason=bad.reason,
-                    detail=bad.detail,
-                    event_id=bad.event_id,
-                    replay_id=bad.replay_id,
-                )
-                await self.dead_letters.put(bad, path="ws", source=self.settings.passport_ws_url)
-            if rejected:
-                await self.coordinator.count(Counter(f"rejected:ws:{b.reason}" for b in rejected))
-            if events:
-                await self.router.route(events, path="ws")
-            last = next((i.replay_id for i in reversed(frame.items) if i.replay_id), None)
+            with tracer.start_as_current_span(
+                "receive passport",
+                kind=SpanKind.CLIENT,
+                start_time=received_ns,
+                attributes={
+                    "messaging.system": "passport",
+                    "messaging.operation.type": "receive",
+                    "messaging.operation.name": "receive",
+                    "messaging.destination.name": "passport",
+                    "messaging.batch.message_count": len(frame.items),
+                },
+            ):
+                await self._hand_off_frame(ws, frame)
+
+    async def _hand_off_frame(self, ws: ClientConnection, frame: EventsFrame) -> None:
+        events = [item for item in frame.items if isinstance(item, Event)]
+        rejected = [item for item in frame.items if isinstance(item, Rejected)]
+        for bad in rejected:
+            log.warning(
+                "ws_event_rejected",
+                reason=bad.reason,
+                detail=bad.detail,
+                event_id=bad.event_id,
+                replay_id=bad.replay_id,
+            )
+            await self.dead_letters.put(bad, path="ws", source=self.settings.passport_ws_url)
+        if rejected:
+            self.router.note_rejected(rejected, path="ws")
+            await self.coordinator.count(Counter(f"rejected:ws:{b.reason}" for b in rejected))
+        if events:
+            await self.router.route(events, path="ws")
+        last = next((i.replay_id for i in reversed(frame.items) if i.replay_id), None)
+        with self.router.telemetry.tracer.start_as_current_span(
+            "settle passport",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "messaging.system": "passport",
+                "messaging.operation.type": "settle",
+                "messaging.operation.name": "credit",
+                "messaging.destination.name": "passport",
+                "messaging.batch.message_count": len(frame.items),
+            },
+        ):
             if last is not None:
                 newest = max(events, key=lambda e: e.position, default=None)
                 await self.coordinator.set_cursor(

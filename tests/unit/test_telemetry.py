@@ -1,0 +1,193 @@
+"""Telemetry decisions without an event loop: trace ids, contexts, sampling, readiness, logs."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import structlog
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
+
+from amt_ingest.config import ConfigError, load_settings
+from amt_ingest.health import sources_readiness
+from amt_ingest.telemetry import configure_logging
+from amt_ingest.telemetry.tracing import (
+    ROOT,
+    EventTraceIds,
+    decode_context,
+    encode_context,
+    event_trace_id,
+    links_from,
+    make_sampler,
+    next_trace_id,
+)
+
+
+def test_event_trace_id_is_stable_and_spread():
+    a = event_trace_id("7d7c3c1e-2b2f-4d69-9a0e-3f1f3b1d2c4a")
+    assert a == event_trace_id("7d7c3c1e-2b2f-4d69-9a0e-3f1f3b1d2c4a")
+    assert a != event_trace_id("7d7c3c1e-2b2f-4d69-9a0e-3f1f3b1d2c4b")
+    assert 0 < a < 2**128
+
+
+def test_context_round_trip_and_unsampled_is_empty():
+    context = SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(1))
+    text = encode_context(context)
+    assert len(text) == 50
+    back = decode_context(text)
+    assert back is not None
+    assert (back.trace_id, back.span_id, back.trace_flags.sampled) == (0xABC, 0xDEF, True)
+    assert encode_context(SpanContext(1, 2, is_remote=False, trace_flags=TraceFlags(0))) == ""
+    for bad in ("", "x" * 50, "0" * 50, "ab"):
+        assert decode_context(bad) is None
+
+
+def test_links_from_skips_garbage_and_keeps_the_limit():
+    parts = [encode_context(SpanContext(i, i, False, TraceFlags(1))) for i in range(1, 6)]
+    assert [c.span_id for c in links_from(",".join(parts))] == [1, 2, 3, 4, 5]
+    assert [c.span_id for c in links_from(",".join(parts), limit=2)] == [1, 2]
+    assert [c.span_id for c in links_from(b"junk," + parts[0].encode())] == [1]
+    assert links_from("") == []
+
+
+def test_a_root_span_takes_the_chosen_trace_id():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(id_generator=EventTraceIds())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    token = next_trace_id.set(event_trace_id("e1"))
+    try:
+        tracer.start_span("chosen", context=ROOT).end()
+    finally:
+        next_trace_id.reset(token)
+    tracer.start_span("random", context=ROOT).end()
+    chosen, random = exporter.get_finished_spans()
+    assert chosen.context.trace_id == event_trace_id("e1")
+    assert random.context.trace_id != event_trace_id("e1")
+
+
+def _decide(sampler, *, kind, attributes=None, parent=None):
+    context = ROOT
+    if parent is not None:
+        context = trace.set_span_in_context(trace.NonRecordingSpan(parent))
+    return sampler.should_sample(context, 123, "x", kind, attributes).decision
+
+
+def test_library_client_spans_need_a_parent():
+    sampler = make_sampler("parentbased_always_on", None)
+    parent = SpanContext(5, 6, is_remote=True, trace_flags=TraceFlags(1))
+    assert _decide(sampler, kind=SpanKind.CLIENT) is Decision.DROP
+    assert _decide(sampler, kind=SpanKind.CLIENT, parent=parent) is Decision.RECORD_AND_SAMPLE
+    ours = {"messaging.system": "aws_sqs"}
+    assert _decide(sampler, kind=SpanKind.CLIENT, attributes=ours) is Decision.RECORD_AND_SAMPLE
+    assert _decide(sampler, kind=SpanKind.CONSUMER) is Decision.RECORD_AND_SAMPLE
+
+
+def test_samplers_by_name_and_ratio():
+    assert _decide(make_sampler("always_off", None), kind=SpanKind.CONSUMER) is Decision.DROP
+    none = make_sampler("traceidratio", 0.0)
+    assert _decide(none, kind=SpanKind.CONSUMER) is Decision.DROP
+    with pytest.raises(ValueError, match="unknown sampler"):
+        make_sampler("sometimes", None)
+
+
+def test_otel_settings_are_validated_with_their_names(monkeypatch):
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "sometimes")
+    with pytest.raises(ConfigError, match="OTEL_TRACES_SAMPLER"):
+        load_settings()
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "2")
+    with pytest.raises(ConfigError, match="OTEL_TRACES_SAMPLER_ARG"):
+        load_settings()
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    settings = load_settings()
+    assert settings.otlp_traces_enabled and settings.otlp_metrics_enabled
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    assert not load_settings().otlp_traces_enabled
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "ready"),
+    [
+        ({"ws_connected": True}, True),
+        ({"ws_down_for": 5.0}, True),  # reconnecting, within the grace
+        ({"ws_down_for": 500.0}, False),
+        ({"ws_down_for": 500.0, "sqs_ok": True}, True),
+        ({}, False),  # never subscribed, no SQS poll yet
+        ({"ws_connected": True, "ws_fatal": "token refused"}, False),
+        ({"ws_enabled": False, "sqs_ok": True}, True),
+        ({"ws_enabled": False, "sqs_enabled": False}, False),
+    ],
+)
+def test_readiness_of_the_sources(kwargs, ready):
+    args = {
+        "ws_enabled": True,
+        "ws_connected": False,
+        "ws_down_for": None,
+        "ws_fatal": None,
+        "sqs_enabled": True,
+        "sqs_ok": False,
+        "grace_s": 60.0,
+    } | kwargs
+    ok, detail = sources_readiness(**args)
+    assert ok is ready, detail
+    if not ready:
+        assert "no SQS poll" in detail
+
+
+TOKEN = "pp-live-9f8e7d6c5b4a"
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+AWS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
+
+
+def _lines(fmt: str, emit) -> str:
+    out = io.StringIO()
+    configure_logging("debug", fmt, stream=out)
+    emit(structlog.get_logger("t"))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_secrets_never_reach_the_output(fmt):
+    def emit(log):
+        log.info("connect", token=TOKEN, aws_secret_access_key=AWS_SECRET, password="pw-123456")
+        log.warning("failed", error=f"401 for Authorization: Bearer {TOKEN}")
+        log.warning("aws", detail=f"Credential={AWS_KEY_ID}/20261125/us-east-1 secret={AWS_SECRET}")
+        log.info("header", headers={"Authorization": f"Bearer {TOKEN}"})
+        try:
+            raise RuntimeError(f"token={TOKEN} refused")
+        except RuntimeError:
+            log.exception("crashed")
+
+    text = _lines(fmt, emit)
+    for secret in (TOKEN, AWS_SECRET, AWS_KEY_ID, "pw-123456"):
+        assert secret not in text, text
+    assert text.count("[redacted]") >= 5
+
+
+def test_json_lines_carry_trace_ids_inside_a_span():
+    provider = TracerProvider()
+    tracer = provider.get_tracer("t")
+
+    def emit(log):
+        log.info("outside")
+        with tracer.start_as_current_span("s") as span:
+            log.info("inside")
+            emit.context = span.get_span_context()
+
+    text = _lines("json", emit)
+    outside, inside = (json.loads(line) for line in text.splitlines())
+    assert "trace_id" not in outside
+    context = emit.context
+    assert inside["trace_id"] == format(context.trace_id, "032x")
+    assert inside["span_id"] == format(context.span_id, "016x")
