@@ -18,6 +18,7 @@ import structlog
 
 from .coordination import Coordinator, IngestResult
 from .events import Event
+from .orgs import OrgFilter
 from .policy import org_allowed
 
 __all__ = ["RouteReport", "Router"]
@@ -49,11 +50,13 @@ class Router:
         coordinator: Coordinator,
         *,
         allowed_orgs: Sequence[str] = (),
+        orgs: OrgFilter | None = None,
         max_queued_jobs: int = 20_000,
         capacity_poll_s: float = 0.25,
     ):
         self.coordinator = coordinator
-        self.allowed = frozenset(org[:15] for org in allowed_orgs)
+        # ``orgs`` (environment and table) replaces ``allowed_orgs`` (environment only).
+        self.orgs = orgs if orgs is not None else OrgFilter(allowed_orgs)
         self.max_queued_jobs = max_queued_jobs
         self.capacity_poll_s = capacity_poll_s
         self.paused = False
@@ -87,7 +90,7 @@ class Router:
         """Hand a batch off durably; raises :class:`~amt_ingest.errors.CoordinationError`
         if Redis did not confirm all of it (then acknowledge nothing)."""
         report = RouteReport()
-        kept, filtered = split_by_org(events, self.allowed)
+        kept, filtered = split_by_org(events, await self.orgs.allowed())
         if filtered:
             await self.coordinator.count(Counter(f"filtered:{path}:{e.topic}" for e in filtered))
             for event in filtered:
