@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -15,6 +15,9 @@ from .config import ConfigError, Settings, load_settings
 from .errors import IngestError
 from .events import TOPICS
 from .telemetry import configure_logging
+
+if TYPE_CHECKING:
+    from .store import Store
 
 __all__ = ["main"]
 
@@ -122,6 +125,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     resync.add_argument("--id", dest="resync_id", help="resync id, to resume one (default: new)")
 
+    db = sub.add_parser(
+        "db",
+        help="upgrade the database schema (migrations) or show its revision",
+        description="`upgrade [REVISION]` runs the schema migrations up to REVISION (default "
+        "head, the newest); safe to repeat and to run while other processes start. `current` "
+        "prints the database's revision. The service upgrades by itself at start unless "
+        "AMT_DB_AUTO_UPGRADE=false.",
+    )
+    db.add_argument("action", choices=("upgrade", "current"))
+    db.add_argument(
+        "revision",
+        nargs="?",
+        metavar="REVISION",
+        help="upgrade: the target revision (default head)",
+    )
+
+    orgs = sub.add_parser(
+        "orgs",
+        help="add, remove or list the allowed Salesforce orgs kept in the database",
+        description="The orgs whose events are kept are those of AMT_ALLOWED_ORG_IDS and those "
+        "added here (none at all: every org). A change reaches running services within "
+        "AMT_ORGS_CACHE_S seconds. `list` prints both as JSON lines.",
+    )
+    orgs.add_argument("action", choices=("add", "remove", "list"))
+    orgs.add_argument(
+        "org_id", nargs="?", metavar="ORG_ID", help="add, remove: the org id (15 or 18 characters)"
+    )
+    orgs.add_argument("--note", help="add: a note kept with the org (who, why)")
+
     export = sub.add_parser(
         "export",
         help="print every stored record as JSON lines, sorted by topic and id",
@@ -163,7 +195,7 @@ async def _export(settings: Settings, args: argparse.Namespace) -> int:
     store = Store.open(settings.database_url)
     out: Any = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115, ASYNC230
     try:
-        await store.ensure_schema()
+        await store.ensure_schema(upgrade=settings.db_auto_upgrade)
         async for record in store.export():
             out.write(orjson.dumps(record) + b"\n")
     finally:
@@ -173,6 +205,99 @@ async def _export(settings: Settings, args: argparse.Namespace) -> int:
             out.flush()
         await store.close()
     return 0
+
+
+async def _db(settings: Settings, args: argparse.Namespace) -> int:
+    from . import migrations
+
+    url = settings.database_url
+    if args.action == "current":
+        if args.revision is not None:
+            print("amt_ingest: db current takes no REVISION", file=sys.stderr)
+            return 2
+        at = await migrations.current(url)
+        newest = migrations.head()
+        if at is None:
+            print(f"none (empty database; run `{migrations.UPGRADE_COMMAND}`)")
+        elif at == newest:
+            print(f"{at} (head)")
+        else:
+            print(f"{at} (head is {newest}; run `{migrations.UPGRADE_COMMAND}`)")
+        return 0
+    before = await migrations.current(url)
+    after = await migrations.upgrade(url, args.revision or "head")
+    suffix = " (head)" if after == migrations.head() else ""
+    if before == after:
+        print(f"database schema already at {after}{suffix}")
+    else:
+        print(f"database schema upgraded from {before or 'none'} to {after}{suffix}")
+    return 0
+
+
+async def _orgs(settings: Settings, args: argparse.Namespace) -> int:
+    from .policy import check_org_id
+    from .store import Store
+
+    org_id: str | None = args.org_id
+    note: str | None = args.note
+    problem = None
+    if args.action == "list" and (org_id is not None or note is not None):
+        problem = "orgs list takes no ORG_ID or --note"
+    elif args.action == "remove" and note is not None:
+        problem = "--note goes with orgs add"
+    elif args.action != "list":
+        try:
+            check_org_id(org_id or "")
+        except ValueError as exc:
+            problem = f"orgs {args.action} needs an ORG_ID: {exc}"
+    if problem is not None:
+        print(f"amt_ingest: {problem}", file=sys.stderr)
+        return 2
+    store = Store.open(settings.database_url)
+    try:
+        await store.ensure_schema(upgrade=settings.db_auto_upgrade)
+        if org_id is None:
+            await _orgs_list(settings, store)
+        elif args.action == "add":
+            org, added = await store.add_org(org_id, note=note)
+            if added:
+                print(
+                    f"added {org.org_id}; running services keep its events within "
+                    f"AMT_ORGS_CACHE_S ({settings.orgs_cache_s:g} s)"
+                )
+            else:
+                print(f"{org_id} is already allowed (as {org.org_id})")
+        else:
+            removed = await store.remove_org(org_id)
+            if removed is None:
+                print(f"{org_id} is not in the allowed_org table; nothing removed")
+            else:
+                print(f"removed {removed.org_id}")
+            for env_org in settings.allowed_org_ids:
+                if env_org[:15] == org_id[:15]:
+                    print(f"{env_org} stays allowed through AMT_ALLOWED_ORG_IDS")
+    finally:
+        await store.close()
+    return 0
+
+
+async def _orgs_list(settings: Settings, store: Store) -> None:
+    entries: list[dict[str, Any]] = [
+        {"org_id": org, "source": "AMT_ALLOWED_ORG_IDS"} for org in settings.allowed_org_ids
+    ]
+    entries += [
+        {
+            "org_id": row.org_id,
+            "source": "database",
+            "added_at": row.added_at.isoformat(),
+            "note": row.note,
+        }
+        for row in await store.allowed_orgs()
+    ]
+    for entry in entries:
+        sys.stdout.write(orjson.dumps(entry).decode() + "\n")
+    if not entries:
+        print("no allowed orgs: the events of every org are kept", file=sys.stderr)
 
 
 async def _throttle(settings: Settings, args: argparse.Namespace) -> int:
@@ -340,6 +465,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_bootstrap(settings, args))
         if command == "export":
             return asyncio.run(_export(settings, args))
+        if command == "db":
+            return asyncio.run(_db(settings, args))
+        if command == "orgs":
+            return asyncio.run(_orgs(settings, args))
         if command == "throttle":
             return asyncio.run(_throttle(settings, args))
         if command == "dlq":

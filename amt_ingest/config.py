@@ -20,6 +20,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .policy import check_org_id
+
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
 
@@ -74,7 +76,9 @@ class Settings(BaseSettings):
     # Coordination, jobs and store
     redis_url: str = "redis://127.0.0.1:6379/0"
     database_url: str = "sqlite+aiosqlite:///./amt_ingest.db"
+    db_auto_upgrade: bool = True
     allowed_org_ids: CsvList = Field(default_factory=list)
+    orgs_cache_s: float = Field(30.0, ge=0)
     dedup_ttl_seconds: int = Field(4 * 24 * 3600, ge=60)
     worker_max_jobs: int = Field(50, ge=1, le=1000)
     worker_poll_delay: float = Field(0.05, gt=0)
@@ -138,8 +142,7 @@ class Settings(BaseSettings):
     @classmethod
     def _org_ids(cls, value: list[str]) -> list[str]:
         for org in value:
-            if not (org.startswith("00D") and len(org) in (15, 18) and org.isalnum()):
-                raise ValueError(f"{org!r} is not a 15 or 18 character org id starting 00D")
+            check_org_id(org)
         return value
 
     @field_validator("database_url")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-__all__ = ["backoff", "job_retry_delay", "org_allowed", "throttle_wait"]
+__all__ = ["backoff", "check_org_id", "job_retry_delay", "org_allowed", "throttle_wait"]
 
 #: How often a paused retry looks at the throttle again (seconds).
 PAUSE_RECHECK_S = 30.0
@@ -45,6 +45,13 @@ def org_allowed(org_id: str, allowed: frozenset[str]) -> bool:
     """Whether events of ``org_id`` are kept. ``allowed`` holds 15-character ids;
     an empty set allows every org. 18-character ids match on their first 15."""
     return not allowed or org_id[:15] in allowed
+
+
+def check_org_id(org_id: str) -> str:
+    """Return ``org_id`` if it looks like a Salesforce org id; raise :class:`ValueError`."""
+    if not (org_id.startswith("00D") and len(org_id) in (15, 18) and org_id.isalnum()):
+        raise ValueError(f"{org_id!r} is not a 15 or 18 character org id starting 00D")
+    return org_id
 
 
 def throttle_wait(

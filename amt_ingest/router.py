@@ -22,6 +22,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, get_cu
 
 from .coordination import Coordinator, IngestResult
 from .events import Event, Rejected
+from .orgs import OrgFilter
 from .policy import org_allowed
 from .telemetry import Telemetry
 from .telemetry.tracing import (
@@ -62,6 +63,7 @@ class Router:
         coordinator: Coordinator,
         *,
         allowed_orgs: Sequence[str] = (),
+        orgs: OrgFilter | None = None,
         max_queued_jobs: int = 20_000,
         capacity_poll_s: float = 0.25,
         telemetry: Telemetry | None = None,
@@ -71,7 +73,8 @@ class Router:
         self.telemetry = telemetry or Telemetry.off()
         #: Both paths run: keep first arrivals until the other path brings them.
         self.track_one_path = track_one_path
-        self.allowed = frozenset(org[:15] for org in allowed_orgs)
+        # ``orgs`` (environment and table) replaces ``allowed_orgs`` (environment only).
+        self.orgs = orgs if orgs is not None else OrgFilter(allowed_orgs)
         self.max_queued_jobs = max_queued_jobs
         self.capacity_poll_s = capacity_poll_s
         self.paused = False
@@ -111,7 +114,7 @@ class Router:
         counts: Counter[tuple[str, str, str]] = Counter()
         batch = get_current_span().get_span_context()
         batch_links = [Link(batch)] if batch.is_valid else []
-        kept, filtered = split_by_org(events, self.allowed)
+        kept, filtered = split_by_org(events, await self.orgs.allowed())
         if filtered:
             await self.coordinator.count(Counter(f"filtered:{path}:{e.topic}" for e in filtered))
             for event in filtered:

@@ -23,9 +23,10 @@ from . import aws
 from .config import Settings
 from .coordination import Coordinator
 from .deadletter import DeadLetters
-from .errors import AwsError, IngestError
+from .errors import AwsError, IngestError, StoreError
 from .health import HealthServer, sources_readiness
 from .jobs import build_worker, create_arq_pool
+from .orgs import OrgFilter
 from .policy import backoff
 from .router import Router
 from .salesforce import SalesforceClient
@@ -59,6 +60,16 @@ async def _connect_redis(settings: Settings) -> aioredis.Redis:
             f"AMT_REDIS_URL: Redis at {settings.redis_url} is not reachable: {exc}"
         ) from exc
     return client
+
+
+async def _prepare_database(settings: Settings, store: Store) -> None:
+    """Bring the schema to the newest migration (``AMT_DB_AUTO_UPGRADE``, the default) or
+    refuse to start when it is behind."""
+    try:
+        await store.ensure_schema(upgrade=settings.db_auto_upgrade)
+    except StoreError as exc:
+        hint = "" if settings.db_auto_upgrade else " (AMT_DB_AUTO_UPGRADE is off)"
+        raise StoreError(f"AMT_DATABASE_URL: {exc}{hint}") from exc
 
 
 class WorkerRunner:
@@ -146,12 +157,13 @@ async def run_service(
         telemetry.instrument_redis(redis)
         store = Store.open(settings.database_url)
         stack.push_async_callback(store.close)
+        await _prepare_database(settings, store)
         telemetry.instrument_engine(store.engine)
-        await store.ensure_schema()
         coordinator = Coordinator(redis, dedup_ttl=settings.dedup_ttl_seconds)
+        orgs = OrgFilter(settings.allowed_org_ids, source=store, ttl_s=settings.orgs_cache_s)
         router = Router(
             coordinator,
-            allowed_orgs=settings.allowed_org_ids,
+            orgs=orgs,
             max_queued_jobs=settings.max_queued_jobs,
             telemetry=telemetry,
             track_one_path=sources and bool(settings.sqs_queue_urls),
@@ -163,8 +175,16 @@ async def run_service(
         sqs: Any = None
         dlqs: dict[str, str] = {}
         if sources:
-            if not settings.allowed_org_ids:
-                log.warning("org_filter_off", hint="set AMT_ALLOWED_ORG_IDS to keep only your orgs")
+            try:
+                allowed = await orgs.load()
+            except StoreError as exc:
+                raise StoreError(f"AMT_DATABASE_URL: {exc}") from exc
+            if not allowed:
+                log.warning(
+                    "org_filter_off",
+                    hint="set AMT_ALLOWED_ORG_IDS or run `python -m amt_ingest orgs add ORG_ID` "
+                    "to keep only your orgs",
+                )
             if settings.sqs_queue_urls:
                 sqs = await stack.enter_async_context(aws.client(settings, "sqs"))
                 for url in settings.sqs_queue_urls:

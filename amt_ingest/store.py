@@ -3,7 +3,11 @@
 Each table has the PROTOCOL.md section 1 columns (snake_case), plus ``fields``
 (every field the record received, as it came in), ``positions`` (each field's
 position, the guard of the newest-wins rule), ``deleted`` and bookkeeping.
+``allowed_org`` holds the orgs an operator allowed with ``orgs add``.
 SQLite (aiosqlite) is the embedded default, PostgreSQL (asyncpg) production.
+
+The tables are created by the migrations (:mod:`amt_ingest.migrations`), never by
+``create_all``: ``metadata`` here is what the newest migration must produce.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Connection,
     DateTime,
     Float,
+    Index,
     MetaData,
     String,
     Table,
     Text,
+    delete,
     event,
     select,
 )
@@ -33,14 +40,22 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from . import migrations
 from .errors import FencedError, StoreError
 from .events import TOPICS
 from .merge import StoredRecord, merge
 
-__all__ = ["TABLES", "ApplyResult", "Store", "TableSpec"]
+__all__ = ["ALLOWED_ORG", "TABLES", "AllowedOrg", "ApplyResult", "Store", "TableSpec"]
 
 metadata = MetaData()
 _Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+@event.listens_for(metadata, "after_drop")
+def _forget_migrations(_metadata: MetaData, connection: Connection, **_kw: Any) -> None:
+    # Dropping the tables also drops the migration record, so that the next upgrade
+    # creates them again (tests empty PostgreSQL with ``metadata.drop_all``).
+    connection.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
 
 
 @dataclass(frozen=True)
@@ -117,6 +132,29 @@ TABLES: Final[dict[str, TableSpec]] = {
 }
 assert set(TABLES) == set(TOPICS)
 
+ALLOWED_ORG: Final = Table(
+    "allowed_org",
+    metadata,
+    Column("org_id", String(18), primary_key=True),  # as the operator gave it
+    Column("org_prefix", String(15), nullable=False),  # what matching compares
+    Column("added_at", DateTime(timezone=True), nullable=False),
+    Column("note", Text, nullable=True),
+    Index("ix_allowed_org_org_prefix", "org_prefix", unique=True),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AllowedOrg:
+    """One row of ``allowed_org``."""
+
+    org_id: str
+    added_at: dt.datetime
+    note: str | None
+
+    @property
+    def prefix(self) -> str:
+        return self.org_id[:15]
+
 
 def _column_value(spec: TableSpec, field: str, value: Any) -> Any:
     """A field's value for its typed column; the exact value always stays in ``fields``."""
@@ -176,12 +214,16 @@ class Store:
     async def close(self) -> None:
         await self.engine.dispose()
 
-    async def ensure_schema(self) -> None:
-        try:
-            async with self.engine.begin() as conn:
-                await conn.run_sync(metadata.create_all)
-        except (SQLAlchemyError, OSError) as exc:
-            raise StoreError(f"creating the schema failed: {exc}") from exc
+    async def ensure_schema(self, *, upgrade: bool = True) -> str:
+        """Run the migrations up to the newest revision, or with ``upgrade=False`` only
+        check that the database is there; returns the revision. Raises
+        :class:`StoreError` (when the schema is behind, it names ``db upgrade``)."""
+        url = self.engine.url.render_as_string(hide_password=False)
+        if not upgrade:
+            return await migrations.check(url)
+        revision = await migrations.upgrade(url)
+        assert revision is not None
+        return revision
 
     async def ping(self) -> None:
         try:
@@ -261,6 +303,69 @@ class Store:
                 await conn.execute(t.update().where(t.c.id == record_id).values(**values))
         return ApplyResult(result.applied, result.stale, created=row is None)
 
+    async def org_prefixes(self) -> frozenset[str]:
+        """The 15-character prefixes of every org in ``allowed_org``. Raises :class:`StoreError`."""
+        try:
+            async with self.engine.connect() as conn:
+                rows = await conn.execute(select(ALLOWED_ORG.c.org_prefix))
+                return frozenset(row.org_prefix for row in rows)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"reading the allowed orgs failed: {exc}") from exc
+
+    async def allowed_orgs(self) -> list[AllowedOrg]:
+        """Every row of ``allowed_org``, by org id. Raises :class:`StoreError`."""
+        try:
+            async with self.engine.connect() as conn:
+                rows = await conn.execute(select(ALLOWED_ORG).order_by(ALLOWED_ORG.c.org_id))
+                return [_allowed_org(row) for row in rows]
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"reading the allowed orgs failed: {exc}") from exc
+
+    async def add_org(self, org_id: str, *, note: str | None = None) -> tuple[AllowedOrg, bool]:
+        """Allow ``org_id`` (15 or 18 characters, checked by the caller). Returns the row and
+        whether it was added; an org already there under either form is returned as it is.
+        Raises :class:`StoreError`."""
+        t = ALLOWED_ORG
+        for attempt in (1, 2):
+            try:
+                async with self.engine.begin() as conn:
+                    row = (
+                        await conn.execute(select(t).where(t.c.org_prefix == org_id[:15]))
+                    ).first()
+                    if row is not None:
+                        return _allowed_org(row), False
+                    added = AllowedOrg(org_id, dt.datetime.now(dt.UTC), note)
+                    await conn.execute(
+                        t.insert().values(
+                            org_id=org_id,
+                            org_prefix=added.prefix,
+                            added_at=added.added_at,
+                            note=note,
+                        )
+                    )
+                    return added, True
+            except IntegrityError as exc:
+                # Added by someone else meanwhile; the second pass finds it.
+                if attempt == 2:
+                    raise StoreError(f"adding org {org_id}: {exc}") from exc
+            except (SQLAlchemyError, OSError) as exc:
+                raise StoreError(f"adding org {org_id}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    async def remove_org(self, org_id: str) -> AllowedOrg | None:
+        """Remove the org (either form of its id matches); returns the removed row, if any.
+        Raises :class:`StoreError`."""
+        t = ALLOWED_ORG
+        try:
+            async with self.engine.begin() as conn:
+                row = (await conn.execute(select(t).where(t.c.org_prefix == org_id[:15]))).first()
+                if row is None:
+                    return None
+                await conn.execute(delete(t).where(t.c.org_id == row.org_id))
+                return _allowed_org(row)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"removing org {org_id}: {exc}") from exc
+
     async def export(self) -> AsyncIterator[dict[str, Any]]:
         """Every record, sorted by topic then id, in the PROTOCOL.md section 5 shape."""
         for topic in sorted(TABLES):
@@ -277,6 +382,13 @@ class Store:
                         "deleted": bool(row.deleted),
                         "fields": dict(row.fields),
                     }
+
+
+def _allowed_org(row: Any) -> AllowedOrg:
+    added_at: dt.datetime = row.added_at
+    if added_at.tzinfo is None:  # SQLite keeps no offset; the value was written in UTC
+        added_at = added_at.replace(tzinfo=dt.UTC)
+    return AllowedOrg(org_id=row.org_id, added_at=added_at, note=row.note)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

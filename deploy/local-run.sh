@@ -3,7 +3,7 @@
 #
 # - AWS endpoint: $AWS_ENDPOINT_URL if set (LocalStack), else a moto server on a local port;
 # - Redis: $AMT_REDIS_URL if set, else the machine's Redis on 6379, else a private redis-server;
-# - database: SQLite in .local/ (or $AMT_DATABASE_URL).
+# - database: SQLite in .local/ (or $AMT_DATABASE_URL), upgraded with `db upgrade`.
 # Each run starts a new simulated Passport (seed SIM_SEED, default the time), so the
 # saved WebSocket cursor of an earlier run is unknown to it: the service resubscribes
 # from earliest and resyncs, as it would after Passport lost its resume point.
@@ -61,6 +61,9 @@ export AMT_SALESFORCE_BASE_URL="http://127.0.0.1:$SF_PORT"
 export AMT_DEAD_LETTER_FILE="${AMT_DEAD_LETTER_FILE:-$STATE/dead-letters.jsonl}"
 export AMT_ALLOWED_ORG_IDS="${AMT_ALLOWED_ORG_IDS:-00D5g000004ZzABEA0}"
 export AMT_LOG_FORMAT="${AMT_LOG_FORMAT:-console}"
+
+# The schema first, explicitly (the service would also upgrade it: AMT_DB_AUTO_UPGRADE).
+"$BIN/python" -m amt_ingest db upgrade
 
 eval "$("$BIN/python" -m amt_ingest bootstrap --format env)"
 export AMT_SQS_QUEUE_URLS

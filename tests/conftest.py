@@ -88,7 +88,8 @@ async def redis_url() -> AsyncIterator[str]:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[object]:
-    """A real, empty store on SQLite (a temp file) and on PostgreSQL."""
+    """A real, empty store on SQLite (a temp file) and on PostgreSQL, its schema built by
+    the migrations (``drop_all`` also drops ``alembic_version``, see store.py)."""
     from amt_ingest.store import Store, metadata
 
     url = f"sqlite+aiosqlite:///{tmp_path}/store.db" if request.param == "sqlite" else POSTGRES_URL

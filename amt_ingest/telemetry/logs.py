@@ -115,3 +115,5 @@ def configure_logging(
     # arq logs every job start and end; the job's own "job_done" line says more.
     for noisy in ("botocore", "aiobotocore", "websockets", "aiohttp.access", "arq.worker"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Alembic narrates every migration step; the migrations log one line per revision.
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -27,7 +27,7 @@ def run(
 def test_help_lists_every_command():
     out = run("--help")
     assert out.returncode == 0
-    for command in ("run", "worker", "simulate", "bootstrap", "export", "throttle"):
+    for command in ("run", "worker", "simulate", "bootstrap", "export", "throttle", "db", "orgs"):
         assert command in out.stdout
     assert "--no-worker" in run("run", "--help").stdout
 
@@ -79,3 +79,90 @@ def test_throttle_command(redis_url):
     assert bad.returncode == 2 and "FACTOR" in bad.stderr
     assert run("throttle", "resume", env=env).stdout.strip() == "retries: normal"
     assert not client.exists("amt:throttle")
+
+
+def test_db_upgrade_and_current(tmp_path):
+    env = {"AMT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/new/x.db"}
+    assert run("db", "current", env=env).stdout.startswith("none (empty database; run `")
+    first = run("db", "upgrade", "0001", env=env)
+    assert first.stdout.strip() == "database schema upgraded from none to 0001"
+    assert run("db", "current", env=env).stdout.strip() == (
+        "0001 (head is 0002; run `python -m amt_ingest db upgrade`)"
+    )
+    assert run("db", "upgrade", env=env).stdout.strip() == (
+        "database schema upgraded from 0001 to 0002 (head)"
+    )
+    again = run("db", "upgrade", env=env)
+    assert again.returncode == 0
+    assert again.stdout.strip() == "database schema already at 0002 (head)"
+    assert run("db", "current", env=env).stdout.strip() == "0002 (head)"
+    unknown = run("db", "upgrade", "nope", env=env)
+    assert unknown.returncode == 1 and "nope" in unknown.stderr
+
+
+def test_a_worker_upgrades_the_schema_at_start(redis_url, tmp_path):
+    import signal
+    import time
+
+    from tests.conftest import amt_process
+
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AMT_")},
+        "AMT_REDIS_URL": redis_url,
+        "AMT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db",
+        "AMT_HTTP_PORT": "0",
+    }
+    with open(tmp_path / "worker.log", "wb") as log:
+        worker = amt_process("worker", env=env, output=log)
+        try:
+            deadline = time.monotonic() + 60
+            while b"service_started" not in (tmp_path / "worker.log").read_bytes():
+                assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+                assert time.monotonic() < deadline, "the worker did not start"
+                time.sleep(0.2)
+            assert run("db", "current", env=env).stdout.strip() == "0002 (head)"
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(30) == 0
+
+
+def test_without_auto_upgrade_an_old_schema_stops_the_process(redis_url, tmp_path):
+    env = {
+        "AMT_REDIS_URL": redis_url,
+        "AMT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db",
+        "AMT_DB_AUTO_UPGRADE": "false",
+    }
+    out = run("worker", env=env)
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert "AMT_DATABASE_URL" in last and "AMT_DB_AUTO_UPGRADE" in last
+    assert "`python -m amt_ingest db upgrade`" in last
+    assert run("export", env=env).returncode == 1
+
+
+def test_orgs_command(tmp_path):
+    env = {"AMT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db"}
+    empty = run("orgs", "list", env=env)
+    assert empty.returncode == 0 and empty.stdout == ""
+    assert "every org" in empty.stderr
+    assert run("orgs", "add", ORG, "--note", "main", env=env).stdout.startswith(f"added {ORG}")
+    assert run("orgs", "add", ORG[:15], env=env).stdout.strip() == (
+        f"{ORG[:15]} is already allowed (as {ORG})"
+    )
+    other = "00D5g000009XyZQ"
+    listed = run("orgs", "list", env={**env, "AMT_ALLOWED_ORG_IDS": other}).stdout
+    rows = [json.loads(line) for line in listed.splitlines()]
+    assert [(r["org_id"], r["source"]) for r in rows] == [
+        (other, "AMT_ALLOWED_ORG_IDS"),
+        (ORG, "database"),
+    ]
+    assert rows[1]["note"] == "main" and rows[1]["added_at"].endswith("+00:00")
+    removed = run("orgs", "remove", ORG, env={**env, "AMT_ALLOWED_ORG_IDS": ORG})
+    assert removed.stdout.splitlines() == [
+        f"removed {ORG}",
+        f"{ORG} stays allowed through AMT_ALLOWED_ORG_IDS",
+    ]
+    assert "nothing removed" in run("orgs", "remove", ORG, env=env).stdout
+    for bad in (("add",), ("add", "00X1"), ("list", ORG), ("remove", ORG, "--note", "n")):
+        out = run("orgs", *bad, env=env)
+        assert out.returncode == 2 and out.stderr.startswith("amt_ingest: "), bad

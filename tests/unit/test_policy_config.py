@@ -60,6 +60,8 @@ def test_settings_from_environment(monkeypatch):
         ("AMT_PASSPORT_WS_URL", "http://x"),
         ("AMT_ALLOWED_ORG_IDS", "00X123"),
         ("AMT_SQS_QUEUE_URLS", "not-a-url"),
+        ("AMT_DB_AUTO_UPGRADE", "maybe"),
+        ("AMT_ORGS_CACHE_S", "-1"),
     ],
 )
 def test_invalid_value_names_the_variable(monkeypatch, name, value):
