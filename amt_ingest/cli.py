@@ -51,6 +51,28 @@ def _parser() -> argparse.ArgumentParser:
         description="Run a worker that applies record jobs until SIGTERM or Ctrl-C.",
     )
 
+    status = sub.add_parser(
+        "status",
+        help="live view: events per second per path, lag, queues, retries, WebSocket state",
+        description="Show the running system from Redis (all processes) and one process's "
+        "/readyz, refreshed every --interval seconds until Ctrl-C.",
+    )
+    status.add_argument(
+        "--url",
+        help="a service's HTTP endpoint for readiness (default http://127.0.0.1:$AMT_HTTP_PORT)",
+    )
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between readings")
+    status.add_argument("--once", action="store_true", help="print one reading and exit")
+    status.add_argument("--json", action="store_true", help="with --once: print JSON")
+
+    trace = sub.add_parser(
+        "trace",
+        help="print the trace id of an event (search it in the trace explorer)",
+        description="Every span about an event (both arrivals, the job that applied it) "
+        "is in one trace whose id derives from the event id.",
+    )
+    trace.add_argument("event_id", nargs="+")
+
     sim = sub.add_parser(
         "simulate",
         help="run the Passport simulator (WebSocket stream, SNS publishing, re-read API)",
@@ -445,6 +467,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "run"
     try:
+        if command == "trace":
+            from .telemetry.tracing import event_trace_id
+
+            for event_id in args.event_id:
+                print(f"{event_id} {event_trace_id(event_id):032x}")
+            return 0
         if command == "simulate":
             from .simulator import options_from_args, run_simulator
 
@@ -461,6 +489,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .service import run_service
 
             return asyncio.run(run_service(settings, sources=False))
+        if command == "status":
+            from .status import run_status
+
+            url = args.url or f"http://127.0.0.1:{settings.http_port}"
+            return asyncio.run(
+                run_status(
+                    settings, url=url, interval=args.interval, once=args.once, as_json=args.json
+                )
+            )
         if command == "bootstrap":
             return asyncio.run(_bootstrap(settings, args))
         if command == "export":

@@ -1,0 +1,83 @@
+"""The status view from two overview readings (no Redis, no event loop)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from amt_ingest.status import build_view, percentile, render
+
+
+def overview(stats: dict[str, int], **extra) -> dict:
+    return {
+        "stats": stats,
+        "lags_ms": extra.get("lags", []),
+        "queued_jobs": extra.get("queued", 0),
+        "retrying_records": extra.get("retrying", 0),
+        "dead_records": extra.get("dead", 0),
+        "one_path_pending": extra.get("pending", 0),
+        "gauges": extra.get("gauges", {}),
+        "throttle": extra.get("throttle", {}),
+    }
+
+
+def test_percentile_nearest_rank():
+    assert percentile([], 0.5) is None
+    assert percentile([5], 0.99) == 5
+    values = list(range(1, 101))
+    assert percentile(values, 0.5) == 50
+    assert percentile(values, 0.99) == 99
+    assert percentile(list(reversed(values)), 1.0) == 100
+
+
+def test_rates_totals_and_one_path_by_path_and_topic():
+    before = overview({"first:ws:Opportunity": 100, "duplicate:sqs:Opportunity": 90})
+    after = overview(
+        {
+            "first:ws:Opportunity": 300,
+            "duplicate:sqs:Opportunity": 250,
+            "stale:ws:Opportunity": 10,
+            "onepath:ws:Opportunity": 3,
+            "rejected:sqs:malformed_json": 2,
+            "cross:ws:Opportunity": 250,
+        },
+        lags=[100, 200, 300, 5000],
+        queued=7,
+        retrying=2,
+        dead=1,
+        pending=12,
+        gauges={
+            "depth:sqs:amt-ingest-monitor": "4",
+            "depth:dlq:amt-ingest-monitor-dlq": "1",
+            "ws:connected": "1",
+            "ws:state_for_s": "42.0",
+            "ws:reconnects": "3",
+            "ws:fatal": "",
+        },
+        throttle={"mode": "pause"},
+    )
+    view = build_view(after, before, 2.0, None)
+    rows = {(r["path"], r["topic"]): r for r in view["events"]}
+    ws, sqs = rows[("ws", "Opportunity")], rows[("sqs", "Opportunity")]
+    assert (ws["total"], ws["per_s"], ws["one_path"]) == (310, 105.0, 3)
+    assert (sqs["total"], sqs["per_s"], sqs["duplicates"]) == (250, 80.0, 250)
+    assert view["rejected"] == {"sqs:malformed_json": 2}
+    assert view["path_lag_ms"] == {"p50": 200, "p99": 5000, "samples": 4}
+    assert view["queues"] == {
+        "arq": 7,
+        "dlq:amt-ingest-monitor-dlq": 1,
+        "sqs:amt-ingest-monitor": 4,
+    }
+    assert (view["retrying_records"], view["dead_records"], view["one_path_pending"]) == (2, 1, 12)
+    assert view["websocket"] == {"connected": True, "for_s": 42.0, "reconnects": 3, "fatal": None}
+    assert view["throttle"] == "pause"
+    console = Console(width=120, record=True)
+    console.print(render(view))
+    text = console.export_text()
+    assert "p50 200 ms, p99 5000 ms" in text and "connected for 42s" in text
+
+
+def test_first_reading_has_totals_but_no_rates():
+    view = build_view(overview({"first:sqs:Application_Item__c": 5}), None, 0.0, None)
+    (row,) = view["events"]
+    assert (row["total"], row["per_s"]) == (5, 0.0)
+    assert view["websocket"] == {}
