@@ -25,6 +25,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/cfn-lint deploy/cloudformation.yaml
+	$(BIN)/hadolint deploy/Dockerfile
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -1,5 +1,6 @@
-"""AWS clients (aiobotocore) built from the settings, and the idempotent bootstrap
-of the SNS topics, the monitoring queue and its dead-letter queue."""
+"""AWS clients (aiobotocore) built from the settings, the idempotent bootstrap of the SNS
+topics, the monitoring queue and its dead-letter queue, and the tables of SQS calls that the
+IAM policies of deploy/cloudformation.yaml grant."""
 
 from __future__ import annotations
 
@@ -16,7 +17,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from .config import Settings
 from .errors import AwsError
 
-__all__ = ["SNS_TOPICS", "BootstrapResult", "bootstrap", "client", "dead_letter_queue_url"]
+__all__ = [
+    "DLQ_OPERATOR_SQS_CALLS",
+    "SERVICE_SQS_CALLS",
+    "SNS_TOPICS",
+    "BootstrapResult",
+    "bootstrap",
+    "client",
+    "dead_letter_queue_url",
+    "iam_action",
+]
 
 #: SNS topic name per record type (PROTOCOL.md section 3).
 SNS_TOPICS: Final = {
@@ -24,6 +34,54 @@ SNS_TOPICS: Final = {
     "External_Attachment__c": "passport-external-attachment",
     "Application_Item__c": "passport-application-item",
 }
+
+#: The SQS calls the running service (``run``, ``worker``) makes, by the queue it makes them
+#: on: ``queue`` is a consumed monitoring queue, ``dead_letter_queue`` its DLQ (found through
+#: the redrive policy; rejected input goes there). The service makes no SNS call. The IAM
+#: policy in deploy/cloudformation.yaml grants exactly these (see :func:`iam_action`);
+#: tests/unit/test_service_aws_calls.py checks this table against the code and
+#: tests/integration/test_cloudformation.py the template against this table.
+SERVICE_SQS_CALLS: Final = {
+    "queue": frozenset(
+        {
+            "receive_message",
+            "delete_message_batch",
+            "change_message_visibility_batch",
+            "get_queue_attributes",
+        }
+    ),
+    # get_queue_attributes: the depth gauge (amt_ingest.watch).
+    "dead_letter_queue": frozenset({"get_queue_attributes", "get_queue_url", "send_message"}),
+}
+
+#: What the operator policy of deploy/cloudformation.yaml allows for dead-letter work over SQS:
+#: on a DLQ, look (receive, then release with a visibility change), purge and delete what was
+#: replayed; on the monitoring queue, find its DLQ and send a replayed message back. A batch
+#: form needs no entry of its own (same IAM action). Commands that work on the DLQs must stay
+#: within this table (change the template with it).
+DLQ_OPERATOR_SQS_CALLS: Final = {
+    "queue": frozenset({"get_queue_attributes", "get_queue_url", "send_message"}),
+    "dead_letter_queue": frozenset(
+        {
+            "receive_message",
+            "change_message_visibility",
+            "delete_message",
+            "get_queue_attributes",
+            "get_queue_url",
+            "purge_queue",
+        }
+    ),
+}
+
+
+def iam_action(service: str, method: str) -> str:
+    """The IAM action that authorizes a botocore client method.
+
+    ``iam_action("sqs", "delete_message_batch")`` is ``"sqs:DeleteMessage"``: SQS and SNS
+    authorize a batch call with the action of its single-message form.
+    """
+    name = "".join(part.capitalize() for part in method.split("_"))
+    return f"{service}:{name.removesuffix('Batch')}"
 
 
 @asynccontextmanager
