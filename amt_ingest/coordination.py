@@ -67,6 +67,8 @@ ONE_PATH_KEY: Final = "amt:onepath"
 LAGS_KEY: Final = "amt:lags"
 GAUGES_KEY: Final = "amt:gauges"
 JOB_TTL_MS: Final = 72 * 3600 * 1000  # longer than the 15-retry schedule (about 36 h)
+#: Events per ingest script run: bounds how long one run holds Redis (a few ms).
+INGEST_CHUNK: Final = 500
 
 
 T = TypeVar("T")
@@ -131,19 +133,19 @@ def dedup_key(event_id: str) -> str:
     return f"amt:evt:{event_id}"
 
 
-def pending_entries(event: Event) -> list[tuple[str, bytes]]:
+def pending_entries(event: Event) -> list[tuple[str, str]]:
     """The pending entries an event contributes to each of its records (same for all).
 
-    Values are JSON; the tombstone and re-read markers are pseudo-fields.
+    Values are JSON text; the tombstone and re-read markers are pseudo-fields.
     """
     change = record_changes(event)[0] if event.record_ids else None
     if change is None:
-        return [(REREAD_FIELD, b"true")]
-    entries = [(name, orjson.dumps(value)) for name, value in change.values.items()]
+        return [(REREAD_FIELD, "true")]
+    entries = [(name, orjson.dumps(value).decode()) for name, value in change.values.items()]
     if change.deleted is not None:
-        entries.append((DELETED_FIELD, b"true" if change.deleted else b"false"))
+        entries.append((DELETED_FIELD, "true" if change.deleted else "false"))
     if change.reread:
-        entries.append((REREAD_FIELD, b"true"))
+        entries.append((REREAD_FIELD, "true"))
     return entries
 
 
@@ -233,54 +235,69 @@ class Coordinator:
         """
         if not events:
             return []
-        track = "1" if track_one_path else "0"
-        pipe = self.redis.pipeline(transaction=False)
+        results: list[IngestResult] = []
+        for start in range(0, len(events), INGEST_CHUNK):
+            chunk = events[start : start + INGEST_CHUNK]
+            chunk_contexts = contexts[start : start + INGEST_CHUNK] if contexts else None
+            results.extend(await self._ingest_chunk(chunk, path, chunk_contexts, track_one_path))
+        return results
+
+    async def _ingest_chunk(
+        self,
+        events: Sequence[Event],
+        path: str,
+        contexts: Sequence[str] | None,
+        track_one_path: bool,
+    ) -> list[IngestResult]:
+        keys: list[str] = []
+        specs: list[list[Any]] = []
         for i, event in enumerate(events):
-            entries = pending_entries(event)
-            args: list[Any] = [
-                path,
-                self.dedup_ttl,
-                contexts[i] if contexts else "",
-                event.position,
-                event.org_id,
-                event.topic,
-                self.queue_name,
-                JOB_TTL_MS,
-                JOB_FUNCTION,
-                track,
-                len(entries),
-            ]
-            for name, value in entries:
-                args.append(name)
-                args.append(value)
-            args.extend(event.record_ids)
-            keys = [dedup_key(event.event_id)]
+            keys.append(dedup_key(event.event_id))
             keys.extend(record_key(event.topic, rid) for rid in event.record_ids)
-            await self._ingest(keys=keys, args=args, client=pipe)
+            specs.append(
+                [
+                    contexts[i] if contexts else "",
+                    event.position,
+                    event.org_id,
+                    event.topic,
+                    len(event.record_ids),
+                    [part for entry in pending_entries(event) for part in entry],
+                    event.record_ids,
+                ]
+            )
+        spec = orjson.dumps(
+            {
+                "p": path,
+                "ttl": self.dedup_ttl,
+                "q": self.queue_name,
+                "jt": JOB_TTL_MS,
+                "fn": JOB_FUNCTION,
+                "track": 1 if track_one_path else 0,
+                "e": specs,
+            }
+        )
+        pipe = self.redis.pipeline(transaction=False)
+        await self._ingest(keys=keys, args=[spec], client=pipe)
         pipe.zcard(self.queue_name)
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            flat, depth = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             raise CoordinationError(f"hand-off to Redis failed: {exc}") from exc
-        depth = replies.pop()
         if isinstance(depth, int):
             self.last_queue_depth = depth
-        results: list[IngestResult] = []
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise CoordinationError(f"hand-off to Redis failed: {reply}") from reply
-            outcome, first_path, first_ms, ctx, jobs, lag = reply
-            results.append(
-                IngestResult(
-                    outcome=outcome.decode(),
-                    first_path=first_path.decode(),
-                    first_ms=int(first_ms),
-                    first_context=ctx.decode(),
-                    jobs_created=int(jobs),
-                    lag_ms=int(lag),
-                )
+        if isinstance(flat, Exception):
+            raise CoordinationError(f"hand-off to Redis failed: {flat}") from flat
+        return [
+            IngestResult(
+                outcome=flat[i].decode(),
+                first_path=flat[i + 1].decode(),
+                first_ms=int(flat[i + 2]),
+                first_context=flat[i + 3].decode(),
+                jobs_created=int(flat[i + 4]),
+                lag_ms=int(flat[i + 5]),
             )
-        return results
+            for i in range(0, len(flat), 6)
+        ]
 
     async def count(self, counters: Mapping[str, int]) -> None:
         """Add to the ``amt:stats`` counters (filtered, rejected: outcomes not routed)."""

@@ -1,109 +1,139 @@
--- Ingest one event atomically: dedup, merge into each record's pending changes,
--- and hand the record to a fresh arq job when no job owns it.
+-- Ingest a batch of events; each one atomically: dedup, merge into each record's
+-- pending changes, and hand the record to a fresh arq job when no job owns it.
+-- One call per batch (one script run, one argument to encode) is what makes
+-- the hand-off cheap; events are taken in order, so a batch may hold the same
+-- event or record twice.
 --
--- KEYS[1]      dedup key of the event (amt:evt:<event_id>)
--- KEYS[2..]    record keys (amt:rec:<topic>:<record_id>), one per record id
--- ARGV[1]      path that delivered it ("ws" or "sqs")
--- ARGV[2]      dedup ttl (seconds)
--- ARGV[3]      trace context of this arrival ("" if none)
--- ARGV[4]      position key (fixed width, string order = time order)
--- ARGV[5]      org id
--- ARGV[6]      topic
--- ARGV[7]      arq queue name
--- ARGV[8]      arq job key ttl (ms)
--- ARGV[9]      arq function name
--- ARGV[10]     "1": both paths run, so track events seen on one path only
--- ARGV[11]     number of pending entries n
--- ARGV[12..]   n pairs: pending field name, JSON value
--- ARGV[12+2n..] the record ids, in KEYS order
+-- KEYS         per event: its dedup key (amt:evt:<event_id>), then its record
+--              keys (amt:rec:<topic>:<record_id>), one per record id
+-- ARGV[1]      JSON: {"p": path ("ws" or "sqs"), "ttl": dedup ttl (s),
+--                     "q": arq queue, "jt": arq job key ttl (ms), "fn": arq function,
+--                     "track": 1 when both paths run (events seen on one path only
+--                              are kept in amt:onepath until the other brings them),
+--                     "e": [[trace context ("" if none), position key, org id, topic,
+--                            number of records, [pending name, JSON value, ...],
+--                            [record ids]], ...]}
 --
--- Counts the outcome in amt:stats as <outcome>:<path>:<topic>; a second arrival
+-- Counts each outcome in amt:stats as <outcome>:<path>:<topic>; a second arrival
 -- on the other path also as cross:<first path>:<topic>, its lag kept in amt:lags.
 -- Each merged record keeps the trace contexts of its events in field "l" (comma
--- separated, at most LINKS_MAX), for the job span's parent and links.
--- Returns {outcome, first_path, first_ms, first_ctx, jobs_created, lag_ms}
--- outcome: "first", "duplicate" or "stale" (nothing newer than what is pending);
--- lag_ms: the path lag for a first arrival on the second path, else -1.
--- An event without records (GAP_OVERFLOW) queues a resync job of its type.
+-- separated, at most LINKS_MAX_CHARS), for the job span's parent and links.
+-- Returns six values per event: outcome, first_path, first_ms, first_ctx,
+-- jobs_created, lag_ms. outcome: "first", "duplicate" or "stale" (nothing newer
+-- than what is pending); lag_ms: the path lag of a first arrival on the second
+-- path, else -1. An event without records (GAP_OVERFLOW) queues a resync job.
 
 local LINKS_MAX_CHARS = 64 * 51
-local evt = KEYS[1]
-local path = ARGV[1]
+local spec = cjson.decode(ARGV[1])
+local path = spec.p
+local ttl = spec.ttl
+local queue = spec.q
+local job_ttl = spec.jt
+local fn = spec.fn
+local track = spec.track == 1
 local now = now_ms()
+local stats = {}
+local out = {}
+local k = 1
 
-local first = redis.call('HMGET', evt, 'p', 't', 'c')
-if first[1] then
-  local lag = -1
-  if redis.call('HSETNX', evt, 'seen:' .. path, now) == 1 then
-    -- The first arrival on this path, and another path was first.
-    lag = now - tonumber(first[2])
-    redis.call('HINCRBY', 'amt:stats', 'cross:' .. first[1] .. ':' .. ARGV[6], 1)
-    redis.call('LPUSH', 'amt:lags', lag)
-    redis.call('LTRIM', 'amt:lags', 0, 999)
-    redis.call('ZREM', 'amt:onepath', first[1] .. ':' .. ARGV[6] .. ':' .. string.sub(evt, 9))
-  end
-  redis.call('HINCRBY', 'amt:stats', 'duplicate:' .. path .. ':' .. ARGV[6], 1)
-  return {'duplicate', first[1], first[2], first[3] or '', 0, lag}
+local function count(key)
+  stats[key] = (stats[key] or 0) + 1
 end
-redis.call('HSET', evt, 'p', path, 't', now, 'c', ARGV[3], 'seen:' .. path, now)
-redis.call('EXPIRE', evt, tonumber(ARGV[2]))
-if ARGV[10] == '1' then
-  redis.call('ZADD', 'amt:onepath', now, path .. ':' .. ARGV[6] .. ':' .. string.sub(evt, 9))
+
+local function emit(outcome, first_path, first_ms, ctx, jobs, lag)
+  out[#out + 1] = outcome
+  out[#out + 1] = first_path
+  out[#out + 1] = first_ms
+  out[#out + 1] = ctx
+  out[#out + 1] = jobs
+  out[#out + 1] = lag
 end
-local ctx = ARGV[3]
 
-local pos = ARGV[4]
-local org = ARGV[5]
-local topic = ARGV[6]
-local queue = ARGV[7]
-local job_ttl = ARGV[8]
-local fn = ARGV[9]
-local n = tonumber(ARGV[11])
-local ids_at = 12 + 2 * n
-local width = string.len(pos)
-local merged_any = false
-local jobs = 0
-
-for k = 2, #KEYS do
-  local rec = KEYS[k]
-  local merged = false
-  for i = 0, n - 1 do
-    local hk = 'f:' .. ARGV[12 + 2 * i]
-    local cur = redis.call('HGET', rec, hk)
-    if (not cur) or string.sub(cur, 1, width) < pos then
-      redis.call('HSET', rec, hk, pos .. ARGV[13 + 2 * i])
-      merged = true
+for _, e in ipairs(spec.e) do
+  local ctx, pos, org, topic, nrec, entries, ids = e[1], e[2], e[3], e[4], e[5], e[6], e[7]
+  local evt = KEYS[k]
+  local recs_at = k + 1
+  k = k + 1 + nrec
+  local event_id = string.sub(evt, 9)
+  local first = redis.call('HMGET', evt, 'p', 't', 'c')
+  if first[1] then
+    local lag = -1
+    if redis.call('HSETNX', evt, 'seen:' .. path, now) == 1 then
+      -- The first arrival on this path, and another path was first.
+      lag = tonumber(now) - tonumber(first[2])
+      count('cross:' .. first[1] .. ':' .. topic)
+      redis.call('LPUSH', 'amt:lags', lag)
+      redis.call('LTRIM', 'amt:lags', 0, 999)
+      redis.call('ZREM', 'amt:onepath', first[1] .. ':' .. topic .. ':' .. event_id)
     end
-  end
-  if merged then
-    merged_any = true
-    redis.call('HINCRBY', rec, 'ver', 1)
-    redis.call('HSET', rec, 'org', org)
-    if ctx ~= '' then
-      local links = redis.call('HGET', rec, 'l')
-      if not links then
-        redis.call('HSET', rec, 'l', ctx)
-      elseif string.len(links) < LINKS_MAX_CHARS then
-        redis.call('HSET', rec, 'l', links .. ',' .. ctx)
+    count('duplicate:' .. path .. ':' .. topic)
+    emit('duplicate', first[1], first[2], first[3] or '', 0, lag)
+  else
+    redis.call('HSET', evt, 'p', path, 't', now, 'c', ctx, 'seen:' .. path, now)
+    redis.call('EXPIRE', evt, ttl)
+    if track then
+      redis.call('ZADD', 'amt:onepath', now, path .. ':' .. topic .. ':' .. event_id)
+    end
+    local n = #entries / 2
+    local width = string.len(pos)
+    local fields = {}
+    for i = 1, n do
+      fields[i] = 'f:' .. entries[2 * i - 1]
+    end
+    fields[n + 1] = 'l'
+    fields[n + 2] = 'job'
+    local merged_any = false
+    local jobs = 0
+    for r = 0, nrec - 1 do
+      local rec = KEYS[recs_at + r]
+      local cur = redis.call('HMGET', rec, unpack(fields))
+      local update = {}
+      for i = 1, n do
+        local held = cur[i]
+        if (not held) or string.sub(held, 1, width) < pos then
+          update[#update + 1] = fields[i]
+          update[#update + 1] = pos .. entries[2 * i]
+        end
+      end
+      if #update > 0 then
+        merged_any = true
+        update[#update + 1] = 'org'
+        update[#update + 1] = org
+        if ctx ~= '' then
+          local links = cur[n + 1]
+          if not links then
+            update[#update + 1] = 'l'
+            update[#update + 1] = ctx
+          elseif string.len(links) < LINKS_MAX_CHARS then
+            update[#update + 1] = 'l'
+            update[#update + 1] = links .. ',' .. ctx
+          end
+        end
+        redis.call('HSET', rec, unpack(update))
+        redis.call('HINCRBY', rec, 'ver', 1)
+        if not cur[n + 2] then
+          new_job(rec, queue, job_ttl, fn, topic, ids[r + 1], now)
+          jobs = jobs + 1
+        end
       end
     end
-    if not redis.call('HGET', rec, 'job') then
-      new_job(rec, queue, job_ttl, fn, topic, ARGV[ids_at + k - 2])
-      jobs = jobs + 1
+    if nrec == 0 then
+      -- GAP_OVERFLOW: no record ids; the whole type is resynced from this position.
+      enqueue(queue, 'resync:' .. event_id, job_ttl, 'resync_topic',
+        {topic, pos, org, event_id}, now)
+      jobs = 1
+    end
+    if merged_any or nrec == 0 then
+      count('first:' .. path .. ':' .. topic)
+      emit('first', path, now, '', jobs, -1)
+    else
+      count('stale:' .. path .. ':' .. topic)
+      emit('stale', path, now, '', 0, -1)
     end
   end
 end
 
-if #KEYS == 1 then
-  -- GAP_OVERFLOW: no record ids; the whole type is resynced from this position.
-  local event_id = string.sub(evt, 9)
-  enqueue(queue, 'resync:' .. event_id, job_ttl, 'resync_topic', {topic, pos, org, event_id})
-  jobs = 1
+for key, n in pairs(stats) do
+  redis.call('HINCRBY', 'amt:stats', key, n)
 end
-
-if merged_any or #KEYS == 1 then
-  redis.call('HINCRBY', 'amt:stats', 'first:' .. path .. ':' .. topic, 1)
-  return {'first', path, now, '', jobs, -1}
-end
-redis.call('HINCRBY', 'amt:stats', 'stale:' .. path .. ':' .. topic, 1)
-return {'stale', path, now, '', 0, -1}
+return out
