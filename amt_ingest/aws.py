@@ -60,15 +60,14 @@ SERVICE_SQS_CALLS: Final = {
 #: form needs no entry of its own (same IAM action). Commands that work on the DLQs must stay
 #: within this table (change the template with it).
 DLQ_OPERATOR_SQS_CALLS: Final = {
-    "queue": frozenset({"get_queue_attributes", "get_queue_url", "send_message"}),
+    "queue": frozenset({"get_queue_attributes", "send_message"}),
     "dead_letter_queue": frozenset(
         {
             "receive_message",
-            "change_message_visibility",
-            "delete_message",
+            "change_message_visibility_batch",
+            "delete_message_batch",
             "get_queue_attributes",
             "get_queue_url",
-            "purge_queue",
         }
     ),
 }

@@ -117,18 +117,55 @@ def _parser() -> argparse.ArgumentParser:
 
     dlq = sub.add_parser(
         "dlq",
-        help="list or replay dead-lettered records (jobs that failed every try)",
-        description="Dead-lettered records: the pending changes of a record whose job failed "
-        "every try, with the last error. `list` prints them as JSON lines; `replay` gives "
-        "them back to a job (safe to repeat or interrupt: changes merge newest-wins). "
-        "Rejected input sits in the SQS dead-letter queues, with its reason as message "
-        "attributes.",
+        help="list, show, replay or purge dead letters (SQS DLQs, dead records, fallback file)",
+        description="Dead letters in every place: the SQS dead-letter queue of each queue in "
+        "AMT_SQS_QUEUE_URLS (messages SQS moved there after maxReceiveCount: reason "
+        "`redriven`; input the service rejected: its reason), dead-lettered records in Redis "
+        "(jobs that failed every try: reason `job_failed`) and the fallback file "
+        "AMT_DEAD_LETTER_FILE. `list` prints one line each and a count; `show ID` one in "
+        "full; `replay` sends SQS and file dead letters back to their source queue, then "
+        "deletes them (an interruption leaves a duplicate, which dedup by event_id makes "
+        "harmless), and gives records back to a job; `purge` deletes them for good. "
+        "Reading a DLQ receives its messages: they are hidden from other readers while the "
+        "command runs and visible again when it ends (after a crash, once "
+        "--visibility-timeout lapses).",
     )
-    dlq.add_argument("action", choices=("list", "replay"))
-    dlq.add_argument("--topic", help="only this record type")
+    dlq.add_argument("action", choices=("list", "show", "replay", "purge"))
+    dlq.add_argument(
+        "ids", nargs="*", metavar="ID", help="show: the dead letter; replay/purge: only these"
+    )
+    dlq.add_argument(
+        "--source",
+        choices=("sqs", "records", "file", "all"),
+        default="all",
+        help="which place (default all)",
+    )
+    dlq.add_argument("--topic", choices=list(TOPICS), help="only this record type")
     dlq.add_argument("--org", help="only this org id (15 or 18 characters)")
-    dlq.add_argument("--id", dest="record_id", help="only this record id")
-    dlq.add_argument("--dry-run", action="store_true", help="replay: say what would be replayed")
+    dlq.add_argument(
+        "--reason", help="only this reason (a rejection reason, redriven or job_failed)"
+    )
+    dlq.add_argument(
+        "--older-than", type=_age, metavar="AGE", help="only older ones, e.g. 30m, 2h, 1d"
+    )
+    dlq.add_argument("--newer-than", type=_age, metavar="AGE", help="only newer ones")
+    dlq.add_argument("--id", dest="record_id", help="only those of this record id")
+    dlq.add_argument("--limit", type=_positive, metavar="N", help="at most N dead letters")
+    dlq.add_argument("--json", action="store_true", help="list/show: JSON (lines) output")
+    dlq.add_argument(
+        "--dry-run", action="store_true", help="replay/purge: say what would happen, change nothing"
+    )
+    dlq.add_argument(
+        "--force", action="store_true", help="replay: send bodies that still fail to parse too"
+    )
+    dlq.add_argument("--yes", action="store_true", help="purge: do not ask for confirmation")
+    dlq.add_argument(
+        "--visibility-timeout",
+        type=_positive,
+        default=60,
+        metavar="SECONDS",
+        help="how long DLQ messages read stay hidden if the command dies (default 60)",
+    )
 
     resync = sub.add_parser(
         "resync",
@@ -354,41 +391,50 @@ async def _throttle(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
-    import redis.asyncio as aioredis
+def _age(text: str) -> object:
+    from .dlq import parse_age
 
-    from .coordination import Coordinator
-
-    client = aioredis.Redis.from_url(settings.redis_url)
     try:
-        coordinator = Coordinator(client, dedup_ttl=settings.dedup_ttl_seconds)
-        entries = [
-            e
-            for e in await coordinator.dead_records()
-            if (args.topic is None or e["topic"] == args.topic)
-            and (args.org is None or e["org_id"][:15] == args.org[:15])
-            and (args.record_id is None or e["id"] == args.record_id)
-        ]
-        if args.action == "list":
-            for entry in entries:
-                sys.stdout.write(orjson.dumps(entry).decode() + "\n")
-            return 0
-        done = 0
-        for entry in entries:
-            if args.dry_run:
-                print(
-                    f"would replay {entry['topic']} {entry['id']} ({len(entry['changes'])} changes)"
-                )
-                continue
-            merged = await coordinator.replay_dead_record(entry)
-            done += 1
-            outcome = "already replayed" if merged < 0 else f"{merged} changes back in a job"
-            print(f"[{done}/{len(entries)}] {entry['topic']} {entry['id']}: {outcome}", flush=True)
-        if not entries:
-            print("no dead-lettered records match")
-        return 0
-    finally:
-        await client.aclose()
+        return parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return int(text)
+
+
+async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from . import dlq
+
+    if args.action == "show" and len(args.ids) != 1:
+        print("amt_ingest: dlq show takes one ID (see `dlq list`)", file=sys.stderr)
+        return 2
+    if args.action == "list" and args.ids:
+        print("amt_ingest: dlq list takes no ID (use `dlq show ID`)", file=sys.stderr)
+        return 2
+    options = dlq.Options(
+        action=args.action,
+        places=dlq.PLACES if args.source == "all" else (args.source,),
+        filters=dlq.Filters(
+            topic=args.topic,
+            org=args.org,
+            reason=args.reason,
+            older_than=args.older_than,
+            newer_than=args.newer_than,
+            record_id=args.record_id,
+            ids=frozenset(args.ids),
+        ),
+        limit=args.limit,
+        as_json=args.json,
+        dry_run=args.dry_run,
+        force=args.force,
+        yes=args.yes,
+        visibility_timeout=args.visibility_timeout,
+    )
+    return await dlq.run(settings, options)
 
 
 async def _resync(settings: Settings, args: argparse.Namespace) -> int:

@@ -105,6 +105,17 @@ return found
 """
 
 
+# Drop a dead-lettered record only if it is still the one that was read (same ``at``):
+# a newer dead letter of the same record, written meanwhile, stays.
+_DROP_DEAD: Final = """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if held and cjson.decode(held)['at'] == tonumber(ARGV[2]) then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+
 # Keep the newest position seen (and its org) in a hash.
 _KEEP_NEWEST: Final = """
 local held = redis.call('HGET', KEYS[1], 'position')
@@ -213,6 +224,7 @@ class Coordinator:
         self._mark = client.register_script(_script("mark.lua"))
         self._unlease = client.register_script(_UNLEASE)
         self._sweep = client.register_script(_SWEEP_ONE_PATH)
+        self._drop_dead = client.register_script(_DROP_DEAD)
 
     # -- hand-off ------------------------------------------------------------
 
@@ -653,3 +665,16 @@ class Coordinator:
             )
         except (RedisError, OSError) as exc:
             raise CoordinationError(f"replaying {topic} {record_id} failed: {exc}") from exc
+
+    async def delete_dead_record(self, entry: dict[str, Any]) -> bool:
+        """Drop a dead-lettered record for good, if it is still the one ``entry`` was read as.
+
+        Returns False when it is gone already or was dead-lettered again since
+        (then list it again). Safe to repeat.
+        """
+        field = f"{entry['topic']}:{entry['id']}"
+        try:
+            dropped = await self._drop_dead(keys=[DEAD_RECORDS_KEY], args=[field, str(entry["at"])])
+        except (RedisError, OSError) as exc:
+            raise CoordinationError(f"deleting dead record {field} failed: {exc}") from exc
+        return int(dropped) == 1

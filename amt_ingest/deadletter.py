@@ -5,12 +5,20 @@ policy of a consumed queue) with the reason as message attributes, so that
 operators list and replay one place: a malformed SQS message goes to its own
 queue's DLQ, WebSocket rejects to the first queue's. If SQS cannot take it, it goes to a
 local JSON-lines file instead: bad input is contained, never lost.
+
+The file is shared with ``dlq`` commands that remove lines from it while the
+service may append: both sides hold an exclusive ``flock`` on it, the remover
+replaces the file atomically, and an appender that waited on the replaced file
+opens the new one (:func:`append_fallback_line`, :func:`rewrite_fallback`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fcntl
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .events import Rejected
 
-__all__ = ["DeadLetters"]
+__all__ = ["DeadLetters", "append_fallback_line", "rewrite_fallback"]
 
 log = structlog.get_logger("amt_ingest.deadletter")
 
@@ -77,10 +85,54 @@ class DeadLetters:
                 log.warning("dead_letter_sqs_failed", error=str(exc), reason=rejected.reason)
         line = orjson.dumps({"body": text, **{k: v["StringValue"] for k, v in attributes.items()}})
         async with self._lock:
-            await asyncio.to_thread(self._append, line)
+            await asyncio.to_thread(append_fallback_line, self.fallback_path, line)
         return "file"
 
-    def _append(self, line: bytes) -> None:
-        self.fallback_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.fallback_path.open("ab") as f:
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def append_fallback_line(path: Path, line: bytes) -> None:
+    """Append one line to the fallback file under its lock (blocking: run it in a thread)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        with path.open("ab") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            if not _same_file(f.fileno(), path):
+                continue  # replaced by a rewrite while we waited: append to the new file
             f.write(line + b"\n")
+            return
+
+
+def rewrite_fallback(path: Path, keep: Callable[[bytes], bool]) -> int:
+    """Drop the lines of the fallback file that ``keep`` refuses (and blank lines).
+
+    The kept lines go to a new file that atomically replaces the old one, so a
+    crash leaves either file whole. Blocking: run it in a thread. Returns how many
+    lines were dropped (0 if the file does not exist).
+    """
+    while True:
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:
+            return 0
+        with f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            if not _same_file(f.fileno(), path):
+                continue
+            lines = f.read().split(b"\n")
+            kept = [line for line in lines if line.strip() and keep(line)]
+            dropped = sum(1 for line in lines if line.strip()) - len(kept)
+            if dropped == 0:
+                return 0
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with tmp.open("wb") as out:
+                out.write(b"".join(line + b"\n" for line in kept))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)  # still holding the lock on the old file
+            return dropped

@@ -17,6 +17,7 @@ def run(
     return subprocess.run(
         [sys.executable, "-m", "amt_ingest", *args],
         env={**base, **(env or {})},
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -27,9 +28,25 @@ def run(
 def test_help_lists_every_command():
     out = run("--help")
     assert out.returncode == 0
-    for command in ("run", "worker", "simulate", "bootstrap", "export", "throttle", "db", "orgs"):
+    for command in (
+        "run",
+        "worker",
+        "simulate",
+        "bootstrap",
+        "export",
+        "throttle",
+        "db",
+        "orgs",
+        "dlq",
+    ):
         assert command in out.stdout
     assert "--no-worker" in run("run", "--help").stdout
+    dlq = run("dlq", "--help").stdout
+    assert "{list,show,replay,purge}" in dlq
+    for option in ("--source {sqs,records,file,all}", "--older-than", "--newer-than", "--limit"):
+        assert option in dlq
+    for option in ("--json", "--dry-run", "--force", "--yes", "--visibility-timeout"):
+        assert option in dlq
 
 
 def test_invalid_setting_stops_with_one_line_naming_it():
@@ -166,3 +183,60 @@ def test_orgs_command(tmp_path):
     for bad in (("add",), ("add", "00X1"), ("list", ORG), ("remove", ORG, "--note", "n")):
         out = run("orgs", *bad, env=env)
         assert out.returncode == 2 and out.stderr.startswith("amt_ingest: "), bad
+
+
+def test_dlq_commands_over_sqs_and_the_file(aws_env, redis_url, tmp_path):
+    import asyncio
+
+    import boto3
+
+    from amt_ingest.deadletter import DeadLetters
+    from amt_ingest.events import parse_sqs_message
+    from tests.conftest import SAMPLES
+
+    boot = json.loads(
+        run("bootstrap", "--queue-name", "cli-dlq", "--max-receive-count", "1").stdout
+    )
+    sqs = boto3.client("sqs", endpoint_url=aws_env)
+    envelope = json.loads((SAMPLES / "sqs-message-sns-envelope.json").read_text())["Body"]
+    sqs.send_message(QueueUrl=boot["queue_url"], MessageBody=envelope)
+    for _ in range(2):  # the second receive moves it to the DLQ (maxReceiveCount 1)
+        sqs.receive_message(QueueUrl=boot["queue_url"], VisibilityTimeout=0)
+    dead_file = tmp_path / "dead.jsonl"
+    fallback = DeadLetters(sqs=None, dlq_url=None, fallback_path=dead_file)
+    asyncio.run(fallback.put(parse_sqs_message("{"), path="ws", source="ws://passport"))
+    env = {
+        "AMT_REDIS_URL": redis_url,
+        "AMT_SQS_QUEUE_URLS": boot["queue_url"],
+        "AMT_DEAD_LETTER_FILE": str(dead_file),
+    }
+
+    listed = run("dlq", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    header, redriven, rejected, summary = listed.stdout.splitlines()
+    assert header.split() == ["ID", "PLACE", "TOPIC", "ORG", "REASON", "AGE", "EVENT/RECORD"]
+    assert redriven.split()[1:5] == ["sqs", "Opportunity", ORG, "redriven"]
+    assert rejected.split()[1:5] == ["file", "-", "-", "invalid_json"]
+    assert summary == "2 dead letters (records 0, sqs 1, file 1)"
+    as_json = [
+        json.loads(line) for line in run("dlq", "list", "--json", env=env).stdout.splitlines()
+    ]
+    assert [letter["place"] for letter in as_json] == ["sqs", "file"]
+    none = run("dlq", "list", "--older-than", "1d", env=env)
+    assert none.stdout.splitlines() == ["0 dead letters (records 0, sqs 0, file 0)"]
+
+    shown = run("dlq", "show", redriven.split()[0], env=env)
+    assert shown.returncode == 0 and "SNS Message (decoded):" in shown.stdout
+    assert run("dlq", "show", "sqs:cli-dlq-dlq:nope", env=env).returncode == 1
+    assert run("dlq", "show", env=env).returncode == 2
+
+    refused = run("dlq", "purge", env=env)  # no terminal to confirm on
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert len(run("dlq", "list", "--json", env=env).stdout.splitlines()) == 2
+    purged = run("dlq", "purge", "--reason", "invalid_json", "--yes", env=env)
+    assert purged.returncode == 0 and purged.stdout.splitlines()[-1] == "deleted 1, failed 0"
+    left = [json.loads(line) for line in run("dlq", "list", "--json", env=env).stdout.splitlines()]
+    assert [letter["reason"] for letter in left] == ["redriven"]
+
+    bad = run("dlq", "list", "--older-than", "5x", env=env)
+    assert bad.returncode == 2 and "not an age" in bad.stderr

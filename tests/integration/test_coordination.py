@@ -387,26 +387,40 @@ async def test_dead_lettered_record_is_listed_and_replayed_once(coord, store, re
     env["AMT_REDIS_URL"] = redis_url
     listed = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "amt_ingest", "dlq", "list", "--topic", "Opportunity"],
+        [
+            sys.executable,
+            "-m",
+            "amt_ingest",
+            "dlq",
+            "list",
+            "--source",
+            "records",
+            "--topic",
+            "Opportunity",
+            "--json",
+        ],
         env=env,
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
     )
-    (entry,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    (letter,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert letter["id"] == f"records:Opportunity:{RID}"
+    assert letter["reason"] == "job_failed"
+    entry = letter["entry"]
     assert entry["id"] == RID
     assert "Connect call failed" in entry["error"]
     dry = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "amt_ingest", "dlq", "replay", "--dry-run"],
+        [sys.executable, "-m", "amt_ingest", "dlq", "replay", "--source", "records", "--dry-run"],
         env=env,
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
     )
-    assert "would replay Opportunity" in dry.stdout
+    assert f"would replay records:Opportunity:{RID}: 3 changes merged back" in dry.stdout
     assert len(await coord.dead_records()) == 1
 
     # Name and the tombstone come back; StageName@100 loses to the pending C@300.

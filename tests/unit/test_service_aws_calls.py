@@ -21,6 +21,14 @@ PACKAGE = Path(aws.__file__).parent
 OPERATOR_ONLY = {PACKAGE / "aws.py": {"bootstrap"}}
 
 
+def _functions(path: Path) -> set[str]:
+    return {
+        node.name
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+
+
 def _operations(service: str) -> set[str]:
     model = botocore.session.get_session().get_service_model(service)
     return {xform_name(name) for name in model.operation_names}
@@ -120,3 +128,16 @@ def test_bootstrap_is_left_out_and_would_be_seen() -> None:
     assert {"create_queue", "set_queue_attributes"} <= with_bootstrap - seen
     sns_in_bootstrap = _references(aws_py, _operations("sns"), receiver_hint="sns", skip=set())
     assert {"create_topic", "subscribe"} <= sns_in_bootstrap
+
+
+def test_dlq_operator_table_is_what_the_dlq_command_calls() -> None:
+    sqs_methods = _operations("sqs")
+    called = set().union(
+        *(_references(p, sqs_methods, skip=set()) for p in (PACKAGE / "dlq").glob("*.py"))
+    )
+    # It finds each DLQ through aws.dead_letter_queue_url (which the service uses too).
+    assert "dead_letter_queue_url" in (PACKAGE / "dlq" / "places.py").read_text()
+    everything_but = {n for n in _functions(PACKAGE / "aws.py") if n != "dead_letter_queue_url"}
+    called |= _references(PACKAGE / "aws.py", sqs_methods, skip=everything_but)
+    assert called == set().union(*aws.DLQ_OPERATOR_SQS_CALLS.values())
+    assert "purge_queue" not in called
