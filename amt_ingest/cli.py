@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import __version__
+from . import __version__, early_signals
 from .config import ConfigError, Settings, load_settings
 from .errors import IngestError
 from .events import TOPICS
@@ -512,6 +513,12 @@ class _ProgressBar:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "run"
+    if command not in ("run", "worker"):
+        # Only the service turns SIGTERM into a clean shutdown (see __main__).
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if early_signals:
+            return 128 + early_signals[0]
     try:
         if command == "trace":
             from .telemetry.tracing import event_trace_id

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from . import aws
+from . import aws, early_signals
 from .config import Settings
 from .coordination import Coordinator
 from .deadletter import DeadLetters
@@ -146,6 +146,9 @@ async def run_service(
     """Run until SIGTERM/SIGINT (or ``stop``); returns the exit code."""
     stop = stop or asyncio.Event()
     _install_signal_handlers(stop)
+    if early_signals:
+        log.info("service_stopped", exit_code=0, reason="SIGTERM before start")
+        return 0
     if sources:
         settings.require_token()
     async with AsyncExitStack() as stack:
