@@ -135,8 +135,17 @@ class WebSocketListener:
             try:
                 token = self.settings.read_token()
             except ConfigError as exc:
-                self._fatal(str(exc))
-                return
+                if self.settings.passport_token_file is None:
+                    self._fatal(str(exc))
+                    return
+                # A rotating secret may be missing or empty for a moment: wait for it.
+                log.error(
+                    "ws_token_unreadable",
+                    error=str(exc),
+                    hint="waiting for AMT_PASSPORT_TOKEN_FILE to hold a token",
+                )
+                await self._wait_for_new_token("", stop)
+                continue
             started = time.monotonic()
             action, reason = RESUME, ""
             try:

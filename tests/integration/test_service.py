@@ -191,3 +191,20 @@ def test_sigterm_under_load_leaves_no_message_in_flight(aws_env, redis_url, tmp_
     # still be in flight now; released messages are visible, handed-off ones deleted.
     assert attrs["ApproximateNumberOfMessagesNotVisible"] == "0"
     assert routed(client) + int(attrs["ApproximateNumberOfMessages"]) >= 150
+
+
+def test_sigterm_while_starting_is_a_clean_exit(redis_url, tmp_path: Path):
+    """An orchestrator may stop a replica that is still importing: exit 0, not death by
+    signal (the process remembers the signal until the service can honour it)."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AMT_")},
+        "AMT_REDIS_URL": redis_url,
+        "AMT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/db.sqlite",
+        "AMT_HTTP_PORT": "0",
+    }
+    with open(tmp_path / "worker.log", "wb") as log:
+        worker = amt_process("worker", env=env, output=log)
+        time.sleep(1.0)  # inside the imports (they take seconds), before its own handlers
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(60)
+    assert code == 0, (tmp_path / "worker.log").read_text()[-2000:]

@@ -711,6 +711,26 @@ async def test_refused_token_file_waits_for_a_new_token(rig: RigFactory, tmp_pat
     await assert_everything_once(r)
 
 
+async def test_a_missing_token_file_is_waited_for(rig: RigFactory, tmp_path: Path) -> None:
+    """A token file being replaced (gone, or empty for a moment) stops nothing."""
+    token_file = tmp_path / "token"
+    r = await rig(events=20)
+    await r.sim.run()
+    settings = r.settings(passport_token=None, passport_token_file=token_file, ws_backoff_max=0.05)
+    running = r.start(settings)
+    await asyncio.sleep(0.5)  # ten polls of a missing file
+    assert r.attempts == 0 and not running.task.done()
+    assert running.listener.state.fatal is None
+    token_file.write_text("")
+    await asyncio.sleep(0.2)  # an empty file is no token either
+    assert r.attempts == 0 and not running.task.done()
+
+    token_file.write_text(TOKEN)
+    await until(r.delivered, what="connected once the file held a token")
+    assert r.attempts == 1
+    await assert_everything_once(r)
+
+
 # --- 11. malformed frames and events ------------------------------------------------------
 
 
