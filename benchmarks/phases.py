@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -34,8 +36,9 @@ __all__ = ["FULL", "QUICK", "Bench", "Sizes"]
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much each phase does. :data:`FULL` fits ``make bench`` in about three
-    minutes on two cores; :data:`QUICK` is the smoke test's."""
+    """How much each phase does. :data:`FULL` keeps ``make bench`` near two minutes
+    on two cores (under three on a loaded machine); :data:`QUICK` is the smoke
+    tests'."""
 
     ws_events: int = 25_000
     ws_records: int = 5_000
@@ -638,9 +641,6 @@ class _Spy:
     def start(self) -> None:
         if self.output is None or self._proc is not None:
             return
-        import shutil
-        import sys
-
         exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         with open(self.output.with_suffix(".log"), "wb") as log:
             self._proc = subprocess.Popen(

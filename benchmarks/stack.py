@@ -152,11 +152,7 @@ class Stack:
     # -- environment ------------------------------------------------------------
 
     def base_env(self) -> dict[str, str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("AMT_", "OTEL_", "AWS_")) and k != "PYTHONBREAKPOINT"
-        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AMT_", "OTEL_", "AWS_"))}
         if self.moto_url is not None:
             env.update(
                 AWS_ENDPOINT_URL=self.moto_url,
