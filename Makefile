@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck check clean chaos
+.PHONY: install run test lint typecheck check clean chaos bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,3 +41,7 @@ CHAOS_SECONDS ?= 120
 CHAOS_SEED ?= 1
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.harness --duration $(CHAOS_SECONDS) --seed $(CHAOS_SEED)
+
+## bench: throughput, latency, coalescing and memory against same-run references; writes bench.json
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.bench

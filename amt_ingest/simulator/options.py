@@ -17,11 +17,20 @@ class SimulatorOptions:
 
     Rates are per generated event, within [0, 1]. ``port``/``sf_port`` 0 bind
     a free port (read it from :attr:`Simulator.ws_port` / ``sf_port``).
-    ``events`` 0 generates forever; ``rate`` 0 generates as fast as the
-    consumer paths accept; ``retention`` 0 keeps the whole stream replayable.
-    ``gap_rate`` and ``overflow_rate`` withhold content of main-org changes
-    (see :class:`~amt_ingest.simulator.world.DeliveryRates`); the truth and the
-    REST API keep the real changes.
+    ``events`` 0 generates forever; ``rate`` 0 generates flat out (paced only by
+    SNS publishing when it is on); ``retention`` 0 keeps the whole stream
+    replayable. ``gap_rate`` and ``overflow_rate`` withhold content of main-org
+    changes (see :class:`~amt_ingest.simulator.world.DeliveryRates`); the truth
+    and the REST API keep the real changes.
+
+    For benchmarks: ``on_demand`` generates only what a WebSocket subscriber
+    has unused credits for, so with ``rate`` 0 the stream goes exactly as fast
+    as credits allow and the simulator's memory stays bounded even with
+    ``events`` 0 (with a ``rate``, no faster than it either);
+    ``wait_for_subscriber`` starts generating at the first subscription;
+    ``wall_clock`` stamps ``commitTimestamp`` with the real time of generation;
+    ``fresh_records`` makes every event create a new record (see
+    :class:`~amt_ingest.simulator.world.World`).
     """
 
     host: str = "127.0.0.1"
@@ -53,6 +62,10 @@ class SimulatorOptions:
     sqs_queue_urls: tuple[str, ...] = field(default_factory=tuple)
     sns: bool = True
     aws_region: str | None = None
+    on_demand: bool = False
+    wait_for_subscriber: bool = False
+    wall_clock: bool = False
+    fresh_records: bool = False
 
     def __post_init__(self) -> None:
         rates = ("dup_rate", "ooo_rate", "ws_only_rate", "sqs_only_rate")
@@ -98,6 +111,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--seed", type=int, default=d.seed)
     gen.add_argument("--org-id", default=d.org_id)
     gen.add_argument("--foreign-org-id", default=d.foreign_org_id)
+    gen.add_argument(
+        "--on-demand",
+        action="store_true",
+        help="generate only what WebSocket subscribers have credits for: with --rate 0 as"
+        " fast as credits allow (memory stays bounded with --events 0)",
+    )
+    gen.add_argument(
+        "--wait-for-subscriber",
+        action="store_true",
+        help="start generating when the first WebSocket subscription is made",
+    )
+    gen.add_argument(
+        "--wall-clock",
+        action="store_true",
+        help="commitTimestamp is the real time of generation (latency measurements)",
+    )
+    gen.add_argument(
+        "--fresh-records",
+        action="store_true",
+        help="every event creates a new record (one CREATE per transaction) until the"
+        " --records population is used up",
+    )
     faults = parser.add_argument_group("delivery faults (probabilities per event)")
     faults.add_argument("--dup-rate", type=_rate, default=d.dup_rate, help="sent twice on a path")
     faults.add_argument("--ooo-rate", type=_rate, default=d.ooo_rate, help="delayed on a path")
@@ -181,4 +216,8 @@ def options_from_args(ns: argparse.Namespace) -> SimulatorOptions:
         sqs_queue_urls=tuple(ns.sqs_queue_urls),
         sns=not ns.no_sns,
         aws_region=ns.aws_region,
+        on_demand=ns.on_demand,
+        wait_for_subscriber=ns.wait_for_subscriber,
+        wall_clock=ns.wall_clock,
+        fresh_records=ns.fresh_records,
     )

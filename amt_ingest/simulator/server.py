@@ -164,11 +164,18 @@ class NoFaults:
 
 
 class LiveStream:
-    """A :class:`StreamLog` that wakes the connections reading it."""
+    """A :class:`StreamLog` that wakes the connections reading it, and hears what they
+    want: a connection that has read everything and still holds credits says so
+    (:meth:`want`) until the stream grows; on-demand generation waits for that
+    (:meth:`demand`)."""
 
     def __init__(self, log_: StreamLog) -> None:
         self.log = log_
         self._waiters: set[asyncio.Event] = set()
+        self._wants: dict[object, int] = {}
+        self._hungry = asyncio.Event()
+        #: Set once a connection has subscribed.
+        self.subscribed = asyncio.Event()
 
     def extend(self, items: list[WsItem]) -> None:
         if not items:
@@ -180,6 +187,8 @@ class LiveStream:
                 self.log.append_event(item.obj, topic=None)
             else:
                 self.log.append_raw(item.text)
+        # Every reader looks again (and says again what it still wants).
+        self._wants.clear()
         for waiter in self._waiters:
             waiter.set()
 
@@ -188,6 +197,27 @@ class LiveStream:
         self.log.expire(through)
         for waiter in self._waiters:
             waiter.set()
+
+    def want(self, reader: object, credits: int) -> None:
+        """``reader`` has sent everything it may see and could take ``credits`` more
+        (0: it has events to send again, or it is gone). Holds until the stream grows."""
+        if credits > 0:
+            self._wants[reader] = credits
+            self._hungry.set()
+        else:
+            self._wants.pop(reader, None)
+
+    async def demand(self) -> int:
+        """Wait until a connection wants events; returns how many (the largest wish).
+
+        A wish holds until the stream grows: events that stay undelivered (a
+        transaction still open, held back for reordering) do not end it, so
+        generation goes on; after growth each reader says again what it wants.
+        """
+        while not self._wants:
+            self._hungry.clear()
+            await self._hungry.wait()
+        return max(self._wants.values())
 
     def watch(self, waiter: asyncio.Event) -> None:
         self._waiters.add(waiter)
@@ -244,6 +274,7 @@ class _Session:
         cursor, position = start
         self._credits = request.credits
         await ws.send(subscribed_frame(request.topics, stream.log.latest_replay_id), text=True)
+        stream.subscribed.set()
         self._log.info(
             "simulator.ws_subscribed",
             topics=list(request.topics),
@@ -259,6 +290,7 @@ class _Session:
             await self._pump(request, cursor, position, reader)
         finally:
             stream.unwatch(self._wake)
+            stream.want(self, 0)
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
 
@@ -305,6 +337,7 @@ class _Session:
                 )
                 return
             if take.raw is not None or take.events:
+                server.stream.want(self, 0)
                 if await self._fault(server.faults.before_frame(self.number, frames)):
                     return
                 frames += 1
@@ -318,6 +351,7 @@ class _Session:
                 await ws.send(frame, text=True)
                 last_sent = loop.time()
             else:
+                server.stream.want(self, self._credits)
                 idle = last_sent + opts.heartbeat_interval - loop.time()
                 if idle <= 0:
                     now = iso_ms(int(time.time() * 1000))
@@ -442,6 +476,8 @@ class Simulator:
             options.org_id,
             foreign_org_rate=options.foreign_org_rate,
             foreign_org_id=options.foreign_org_id,
+            clock=_epoch_ms if options.wall_clock else None,
+            fresh_records=options.fresh_records,
         )
         self.plan = DeliveryPlan(
             options.seed,
@@ -520,6 +556,8 @@ class Simulator:
     async def run(self) -> None:
         opts = self.options
         loop = asyncio.get_running_loop()
+        if opts.wait_for_subscriber:
+            await self.stream.subscribed.wait()
         began = loop.time()
         target = opts.events
         while target == 0 or self.generated < target:
@@ -532,6 +570,8 @@ class Simulator:
                 count = min(due, remaining, 1000)
             else:
                 count = min(remaining, 200)
+            if opts.on_demand:
+                count = min(count, await self.stream.demand())
             out = Deliveries()
             for _ in range(count):
                 self._transaction.append(self.world.next_event())
@@ -632,6 +672,10 @@ class Simulator:
             await sns.close()
         if sqs is not None:
             await sqs.close()
+
+
+def _epoch_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -24,11 +24,13 @@ gaps and overflows included), and the plan draws from its own random streams.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import random
 import string
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, Generic, TypeVar
@@ -193,8 +195,13 @@ _NULL_RATE: Final = 0.15  # chance that an updated nullable field becomes null
 
 def iso_ms(ms: int) -> str:
     """Epoch milliseconds as ``2026-11-25T09:49:18.123Z``."""
-    dt = _EPOCH + timedelta(milliseconds=ms)
-    return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+    return f"{_iso_seconds(ms // 1000)}.{ms % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_seconds(seconds: int) -> str:
+    # Formatting a datetime costs more than generating the rest of an event.
+    return f"{_EPOCH + timedelta(seconds=seconds):%Y-%m-%dT%H:%M:%S}"
 
 
 def parse_iso_ms(text: str) -> int | None:
@@ -308,12 +315,15 @@ class _Org:
         prefixes: dict[str, str],
         start_ms: int,
         mean_spacing_ms: float,
+        clock: Callable[[], int] | None = None,
+        fresh_records: bool = False,
     ) -> None:
         if records < 1:
             raise ValueError("records must be at least 1")
         self.rng = rng
         self.org_id = org_id
-        self._clock_ms = start_ms
+        self._clock = clock
+        self._clock_ms = start_ms if clock is None else clock()
         self._mean_spacing = mean_spacing_ms
         self._commit_number = 74487681000
         self._users = [f"0055g00000{self._alnum(8)}" for _ in range(5)]
@@ -338,6 +348,12 @@ class _Org:
                 slot = _Slot(topic, record_id)
                 self.slots.append(slot)
                 self.by_topic[topic].append(slot)
+        # Records not created yet, in the order fresh-records mode creates them (popped
+        # from the end): every type mixed in, each record once.
+        self._fresh: list[_Slot] = []
+        if fresh_records:
+            self._fresh = list(self.slots)
+            self.rng.shuffle(self._fresh)
 
     def _alnum(self, n: int) -> str:
         return "".join(self.rng.choice(_BASE62) for _ in range(n))
@@ -347,9 +363,17 @@ class _Org:
     def next_transaction(self) -> list[dict[str, Any]]:
         """The events of the next transaction, in sequence order, applied to the slots."""
         rng = self.rng
-        self._clock_ms += max(1, round(rng.expovariate(1.0 / self._mean_spacing)))
+        spacing = max(1, round(rng.expovariate(1.0 / self._mean_spacing)))
+        if self._clock is None:
+            self._clock_ms += spacing
+        else:
+            # Real time, never backwards: equal instants are ordered by commitNumber.
+            self._clock_ms = max(self._clock_ms, self._clock())
         self._commit_number += rng.randint(1, 60)
         txn = _Txn(_uuid4(rng), self._clock_ms, self._commit_number, rng.choice(self._users))
+        if self._fresh:
+            txn.sequence = 1
+            return [self._create(txn, self._fresh.pop())]
         size = rng.randint(2, 3) if rng.random() < _TXN_RATE else 1
         return [self._change(txn) for _ in range(size)]
 
@@ -604,6 +628,13 @@ class World:
     as they are first picked. With ``foreign_org_rate`` > 0 that share of the
     events comes from a second org (``foreign_org_id``) with its own records,
     which the truth leaves out.
+
+    For benchmarks: ``clock`` (epoch milliseconds) replaces the simulated commit
+    clock, so ``commitTimestamp`` is when the event was generated (latency from
+    commit can be measured); ``fresh_records`` makes every main-org event create
+    a record not seen before (one single-record ``CREATE`` per transaction, no
+    coalescing possible) until the population is used up, then events go on as
+    usual.
     """
 
     def __init__(
@@ -617,6 +648,8 @@ class World:
         foreign_records: int | None = None,
         start_ms: int = START_MS,
         mean_spacing_ms: float = 250.0,
+        clock: Callable[[], int] | None = None,
+        fresh_records: bool = False,
     ) -> None:
         if not 0.0 <= foreign_org_rate <= 1.0:
             raise ValueError("foreign_org_rate must be within [0, 1]")
@@ -632,6 +665,8 @@ class World:
             _MAIN_PREFIX,
             start_ms,
             mean_spacing_ms,
+            clock,
+            fresh_records,
         )
         self._foreign = _Org(
             random.Random(f"amt-sim:{seed}:foreign"),
@@ -640,6 +675,7 @@ class World:
             _FOREIGN_PREFIX,
             start_ms,
             mean_spacing_ms * 4,
+            clock,
         )
         self._org_rng = random.Random(f"amt-sim:{seed}:org-choice")
         self._pending: list[dict[str, Any]] = []

@@ -1,0 +1,340 @@
+"""``python -m benchmarks.bench``: run the benchmark, print the table, write ``bench.json``.
+
+Phases (in this order; ``--only`` picks some): ``arq`` (references: plain
+enqueue, no-op worker), ``ws`` (bare WebSocket client, then the service's
+WebSocket intake), ``sqs`` (bare receive+delete, then the service's SQS intake),
+``e2e_sqlite``, ``e2e_postgres`` (records applied per second), ``latency_ws``,
+``latency_sqs`` (commit to store at a fixed offered load), ``coalesce`` (store
+writes per event on hot records), ``rss`` (memory under overload).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from amt_ingest.telemetry import configure_logging
+
+from .measure import Target, format_table
+from .otlp import OtlpReceiver
+from .phases import FULL, QUICK, Bench
+from .stack import DEFAULT_POSTGRES_URL, DEFAULT_REDIS_URL, Stack
+
+__all__ = ["PHASES", "main", "targets"]
+
+PHASES = (
+    "arq",
+    "ws",
+    "sqs",
+    "e2e_sqlite",
+    "e2e_postgres",
+    "latency_ws",
+    "latency_sqs",
+    "coalesce",
+    "rss",
+)
+
+P99_LIMIT_MS = 100.0
+
+
+def _phase(bench: Bench, name: str) -> Callable[[], Awaitable[None]]:
+    if name == "e2e_sqlite":
+        return lambda: bench.e2e("sqlite")
+    if name == "e2e_postgres":
+        return lambda: bench.e2e("postgres")
+    method: Callable[[], Awaitable[None]] = getattr(bench, name)
+    return method
+
+
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    if value is None or not reference:
+        return None
+    return value / reference
+
+
+def ratios(r: dict[str, Any]) -> dict[str, float | None]:
+    e2e = r.get("e2e_rps") or {}
+    return {
+        "ingest_eps/arq_enqueue_eps": _ratio(r.get("ingest_eps"), r.get("arq_enqueue_eps")),
+        "ingest_eps/ws_raw_eps": _ratio(r.get("ingest_eps"), r.get("ws_raw_eps")),
+        "ingest_eps/ws_parse_eps": _ratio(r.get("ingest_eps"), r.get("ws_parse_eps")),
+        "ingest_sqs_eps/sqs_raw_eps": _ratio(r.get("ingest_sqs_eps"), r.get("sqs_raw_eps")),
+        "e2e_rps_postgres/arq_noop_jps": _ratio(e2e.get("postgres"), r.get("arq_noop_jps")),
+        "e2e_rps_sqlite/arq_noop_jps": _ratio(e2e.get("sqlite"), r.get("arq_noop_jps")),
+    }
+
+
+def targets(r: dict[str, Any]) -> list[Target]:
+    """The targets of issue 7, from one run's results."""
+    q = ratios(r)
+    latency = r.get("latency_ms") or {}
+    ws_lat, sqs_lat = latency.get("ws") or {}, latency.get("sqs") or {}
+    rss_flat = r.get("rss_flat")
+    return [
+        Target("ingest_eps >= 10,000", r.get("ingest_eps"), ">=", 10_000),
+        Target(
+            "ingest_eps >= 3 x arq_enqueue_eps", q["ingest_eps/arq_enqueue_eps"], ">=", 3.0, "ratio"
+        ),
+        Target(
+            "ingest_sqs_eps >= 0.9 x sqs_raw_eps",
+            q["ingest_sqs_eps/sqs_raw_eps"],
+            ">=",
+            0.9,
+            "ratio",
+        ),
+        Target(
+            "e2e_rps (PostgreSQL) >= 0.8 x arq_noop_jps",
+            q["e2e_rps_postgres/arq_noop_jps"],
+            ">=",
+            0.8,
+            "ratio",
+        ),
+        Target(
+            f"p99 <= 100 ms, WebSocket at {_offered(ws_lat)}/s",
+            _p99(ws_lat),
+            "<=",
+            P99_LIMIT_MS,
+            "ms",
+        ),
+        Target(
+            f"p99 <= 100 ms, SQS at {_offered(sqs_lat)}/s",
+            _p99(sqs_lat),
+            "<=",
+            P99_LIMIT_MS,
+            "ms",
+        ),
+        Target("coalesce_ratio <= 0.05", r.get("coalesce_ratio"), "<=", 0.05),
+        Target("rss_mb <= 200 under overload", r.get("rss_mb"), "<=", 200.0, "MB"),
+        Target(
+            "rss flat (last half max <= first half max + 10%)",
+            None if rss_flat is None else float(rss_flat),
+            ">=",
+            1.0,
+            "flat",
+        ),
+    ]
+
+
+def _offered(latency: dict[str, Any]) -> str:
+    rate = latency.get("offered_eps")
+    return "?" if rate is None else f"{rate:g}"
+
+
+def _p99(latency: dict[str, Any]) -> float | None:
+    if not latency:
+        return None
+    # A p99 that never happened (events still unapplied) fails the target.
+    return latency["p99"] if latency.get("p99") is not None else float("inf")
+
+
+def _num(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if value == float("inf"):
+        return "never"
+    if unit == "ratio":
+        return f"{value:.2f}x"
+    if unit == "flat":
+        return "yes" if value >= 1 else "no"
+    if abs(value) >= 100:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 1:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.3f}"
+    return f"{text} {unit}".rstrip() if unit in ("ms", "MB") else text
+
+
+def report(doc: dict[str, Any]) -> str:
+    r = doc["results"]
+    e2e = r.get("e2e_rps") or {}
+    lat = r.get("latency_ms") or {}
+    q = doc["ratios"]
+    measured = [
+        ("ingest_eps (WebSocket, no workers)", _num(r.get("ingest_eps")), "events/s"),
+        ("ingest_sqs_eps (SQS, no workers)", _num(r.get("ingest_sqs_eps")), "events/s"),
+        ("e2e_rps PostgreSQL", _num(e2e.get("postgres")), "records applied/s"),
+        ("e2e_rps SQLite", _num(e2e.get("sqlite")), "records applied/s"),
+    ]
+    for path, label in (("ws", "WebSocket"), ("sqs", "SQS")):
+        if path in lat:
+            x = lat[path]
+            value = f"p50 {_num(x['p50'])} / p99 {_num(x['p99'])} / max {_num(x['max'])}"
+            if x.get("unapplied"):
+                value += f" ({x['unapplied']} of {x['events']} not applied in time)"
+            measured.append(
+                (
+                    f"latency {label} at {x['offered_eps']:g}/s",
+                    value,
+                    "ms, commit to store (PostgreSQL)",
+                )
+            )
+            if x.get("to_handoff_p50") is not None:
+                measured.append(
+                    (
+                        "  of which (applied events)",
+                        f"to hand-off p50 {_num(x['to_handoff_p50'])} / p99"
+                        f" {_num(x['to_handoff_p99'])}; hand-off to store p50"
+                        f" {_num(x['handoff_to_store_p50'])} / p99"
+                        f" {_num(x['handoff_to_store_p99'])}",
+                        "ms (commit to Redis; Redis to store)",
+                    )
+                )
+    measured += [
+        ("coalesce_ratio", _num(r.get("coalesce_ratio")), "store writes per event"),
+        (
+            "rss_mb under overload",
+            _num(r.get("rss_mb")),
+            "MB peak, " + {True: "flat", False: "growing", None: "-"}[r.get("rss_flat")],
+        ),
+        ("arq_enqueue_eps (reference)", _num(r.get("arq_enqueue_eps")), "jobs/s"),
+        ("arq_noop_jps (reference)", _num(r.get("arq_noop_jps")), "jobs/s"),
+        ("ws_raw_eps (reference)", _num(r.get("ws_raw_eps")), "events/s"),
+        ("ws_parse_eps (reference)", _num(r.get("ws_parse_eps")), "events/s, + event parser"),
+        ("sqs_raw_eps (reference)", _num(r.get("sqs_raw_eps")), "messages/s"),
+    ]
+    ratio_rows = [(name, _num(value, "ratio")) for name, value in q.items()]
+    target_rows = [(t["name"], _num(t["value"], t["unit"]), t["verdict"]) for t in doc["targets"]]
+    return "\n\n".join(
+        [
+            format_table(("measured", "value", "unit"), measured),
+            format_table(("ratio", "value"), ratio_rows),
+            format_table(("target", "value", "result"), target_rows),
+        ]
+    )
+
+
+def machine() -> dict[str, Any]:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    sizes = QUICK if args.quick else FULL
+    phases = [p for p in PHASES if not args.only or p in args.only]
+    workdir: Path = args.workdir
+    otlp = OtlpReceiver()
+    stack = Stack(
+        workdir=workdir,
+        redis_url=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL),
+        postgres_url=os.environ.get("BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        otlp_endpoint=otlp.start(),
+    )
+    bench = Bench(stack, sizes, otlp=otlp, profile=args.profile)
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    timings: dict[str, float] = {}
+    try:
+        await stack.ensure_postgres_database()
+        versions = await stack.versions()
+        for name in phases:
+            t0 = time.perf_counter()
+            print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+            try:
+                await _phase(bench, name)()
+            except Exception as exc:  # a failed phase is reported; the others still run
+                bench.errors[name] = f"{type(exc).__name__}: {exc}"
+                print(f"[bench] {name} failed: {bench.errors[name]}", file=sys.stderr)
+                await stack.stop_all()
+            timings[name] = round(time.perf_counter() - t0, 1)
+    finally:
+        await stack.close()
+        otlp.stop()
+    results = bench.results
+    doc: dict[str, Any] = {
+        "results": results,
+        "ratios": ratios(results),
+        "targets": [
+            {**asdict(t), "unit": t.note, "passed": t.passed, "verdict": t.verdict}
+            for t in targets(results)
+        ],
+        "details": bench.details,
+        "errors": bench.errors,
+        "phase_seconds": timings,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "machine": {
+            **machine(),
+            **versions,
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "sizes": asdict(sizes),
+        "quick": args.quick,
+        "redis_url": stack.redis_url,
+        "postgres_url": stack.postgres_url,
+        "workdir": str(workdir) if args.keep else None,
+    }
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test)")
+    parser.add_argument(
+        "--only",
+        type=lambda s: [p.strip() for p in s.split(",") if p.strip()],
+        help=f"comma-separated phases out of {','.join(PHASES)}",
+    )
+    parser.add_argument("--output", type=Path, default=Path("bench.json"))
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the WebSocket intake with py-spy"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument("--workdir", type=Path, help="where logs and databases go")
+    args = parser.parse_args(argv)
+    unknown = set(args.only or ()) - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+    configure_logging("warning", "console")
+    keep_workdir = args.keep or args.workdir is not None
+    args.workdir = Path(args.workdir or tempfile.mkdtemp(prefix="amt-bench-"))
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        doc = asyncio.run(run(args))
+    finally:
+        if not keep_workdir:
+            shutil.rmtree(args.workdir, ignore_errors=True)
+    args.output.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    print(report(doc))
+    profile = doc["details"].get("profile_ws_ingest")
+    if profile:
+        print("\nWebSocket intake profile (py-spy, main thread; shares of busy samples)")
+        print(f"  event loop waiting (idle): {profile['idle_share']:.1%} of all samples")
+        for kind in ("self", "inclusive"):
+            print(f"  top {kind}:")
+            for name, share in profile[f"top_{kind}"][:15]:
+                print(f"    {share:6.1%}  {name}")
+    print(
+        f"\nwall time {doc['wall_seconds']}s; {len(doc['errors'])} phase(s) failed;"
+        f" written to {args.output}"
+    )
+    for name, error in doc["errors"].items():
+        print(f"  {name}: {error}")
+    return 1 if doc["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
