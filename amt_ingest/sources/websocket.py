@@ -300,14 +300,18 @@ class WebSocketListener:
             await ws.send(orjson.dumps(subscribe).decode())
             log.info("ws_connected", url=self.settings.passport_ws_url, replay=subscribe["replay"])
             frames: asyncio.Queue[tuple[EventsFrame, int]] = asyncio.Queue()
+            closing = asyncio.Event()
             reader: asyncio.Task[Any] = asyncio.create_task(self._read(ws, frames))
-            handoff: asyncio.Task[Any] = asyncio.create_task(self._hand_off(ws, frames))
+            handoff: asyncio.Task[Any] = asyncio.create_task(self._hand_off(ws, frames, closing))
             stopper: asyncio.Task[Any] = asyncio.create_task(stop.wait())
             try:
                 done, _ = await asyncio.wait(
                     {reader, handoff, stopper}, return_when=asyncio.FIRST_COMPLETED
                 )
             finally:
+                # Set before cancelling: a cancellation that a Redis call swallows
+                # (it returned normally instead) still ends the hand-off loop.
+                closing.set()
                 for task in (reader, handoff, stopper):
                     task.cancel()
                 await asyncio.gather(reader, handoff, stopper, return_exceptions=True)
@@ -364,10 +368,13 @@ class WebSocketListener:
                 raise _Reconnect(action, f"server error {frame.code}: {frame.message}")
 
     async def _hand_off(
-        self, ws: ClientConnection, frames: asyncio.Queue[tuple[EventsFrame, int]]
+        self,
+        ws: ClientConnection,
+        frames: asyncio.Queue[tuple[EventsFrame, int]],
+        closing: asyncio.Event,
     ) -> None:
         tracer = self.router.telemetry.tracer
-        while True:
+        while not closing.is_set():
             frame, received_ns = await frames.get()
             # Credits for this frame are granted only after its hand-off: waiting
             # here is what stops Passport when the workers fall behind.

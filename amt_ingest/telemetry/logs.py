@@ -7,6 +7,7 @@ written inside a recording span carries its ``trace_id`` and ``span_id``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -35,16 +36,27 @@ _IN_TEXT = (
 )
 
 
+# Cheap first look: only text that mentions one of these can hold a secret above.
+_SUSPECT = re.compile(r"bearer|akia|asia|secret|token|passw|signature", re.I)
+
+
 def _scrub(text: str) -> str:
+    if not _SUSPECT.search(text):
+        return text
     for pattern, replacement in _IN_TEXT:
         text = pattern.sub(replacement, text)
     return text
 
 
+@functools.lru_cache(maxsize=4096)
+def _secret_key(key: str) -> bool:
+    return _SECRET_KEYS.search(key) is not None
+
+
 def _clean(key: str, value: Any, depth: int = 0) -> Any:
     if value is None:
         return None
-    if _SECRET_KEYS.search(key):
+    if _secret_key(key):
         return "[redacted]"
     if isinstance(value, str):
         return _scrub(value)
@@ -77,8 +89,12 @@ def add_trace_ids(
     return event_dict
 
 
-def _orjson_dumps(value: Any, **_kw: Any) -> str:
+def _orjson_text(value: Any, **_kw: Any) -> str:
     return orjson.dumps(value, default=str).decode()
+
+
+def _orjson_bytes(value: Any, **_kw: Any) -> bytes:
+    return orjson.dumps(value, default=str)
 
 
 def configure_logging(
@@ -86,10 +102,19 @@ def configure_logging(
 ) -> None:
     out = stream or sys.stderr
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
+    # JSON lines go out as bytes (no str round trip) where the stream has a buffer.
+    binary = getattr(out, "buffer", None) if not use_console else None
     renderer: Any = (
         structlog.dev.ConsoleRenderer()
         if use_console
-        else structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        else structlog.processors.JSONRenderer(
+            serializer=_orjson_bytes if binary is not None else _orjson_text
+        )
+    )
+    factory: Any = (
+        structlog.BytesLoggerFactory(file=binary)
+        if binary is not None
+        else structlog.PrintLoggerFactory(file=out)
     )
     numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
@@ -103,7 +128,7 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=factory,
         cache_logger_on_first_use=stream is None,
     )
     # Libraries that use stdlib logging (arq, botocore, websockets) go to stderr too.

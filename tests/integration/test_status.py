@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 
 import redis.asyncio as aioredis
 
@@ -15,7 +18,20 @@ from amt_ingest.telemetry.tracing import event_trace_id
 from tests.unit.test_events import load
 
 
-async def test_status_once_shows_what_redis_and_readyz_hold(redis_url, monkeypatch, capsys):
+def _amt(*args: str, redis: str) -> subprocess.CompletedProcess[str]:
+    """The command as operators run it (its logging set up in its own process)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMT_")}
+    env |= {"AMT_REDIS_URL": redis, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "amt_ingest", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_status_once_shows_what_redis_and_readyz_hold(redis_url):
     client = aioredis.Redis.from_url(redis_url)
     coord = Coordinator(client, dedup_ttl=3600)
     event = parse_event(load("event-opportunity-update.json"))
@@ -28,17 +44,16 @@ async def test_status_once_shows_what_redis_and_readyz_hold(redis_url, monkeypat
 
     health = HealthServer(host="127.0.0.1", port=0, checks={"sources": failing})
     await health.start()
-    monkeypatch.setenv("AMT_REDIS_URL", redis_url)
     url = f"http://127.0.0.1:{health.bound_port}"
     try:
-        code = await asyncio.to_thread(
-            main, ["status", "--once", "--json", "--interval", "0.1", "--url", url]
+        done = await asyncio.to_thread(
+            _amt, "status", "--once", "--json", "--interval", "0.1", "--url", url, redis=redis_url
         )
     finally:
         await health.stop()
         await client.aclose()
-    assert code == 0
-    view = json.loads(capsys.readouterr().out)
+    assert done.returncode == 0, done.stderr
+    view = json.loads(done.stdout)
     rows = {(r["path"], r["topic"]): r for r in view["events"]}
     assert rows[("ws", "Opportunity")]["total"] == 1
     assert rows[("sqs", "Opportunity")]["duplicates"] == 1
@@ -49,10 +64,10 @@ async def test_status_once_shows_what_redis_and_readyz_hold(redis_url, monkeypat
     assert view["ready"]["checks"]["sources"]["ok"] is False
 
 
-def test_status_names_an_unreachable_redis(monkeypatch, capsys):
-    monkeypatch.setenv("AMT_REDIS_URL", "redis://127.0.0.1:1/0")
-    assert main(["status", "--once"]) == 1
-    assert "AMT_REDIS_URL" in capsys.readouterr().err
+def test_status_names_an_unreachable_redis():
+    done = _amt("status", "--once", redis="redis://127.0.0.1:1/0")
+    assert done.returncode == 1
+    assert "AMT_REDIS_URL" in done.stderr
 
 
 def test_trace_prints_the_event_trace_id(capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import pytest
 import structlog
@@ -148,6 +149,17 @@ def test_readiness_of_the_sources(kwargs, ready):
 TOKEN = "pp-live-9f8e7d6c5b4a"
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 AWS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """configure_logging() is global: put structlog and the root logger back after."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def _lines(fmt: str, emit) -> str:
