@@ -69,6 +69,7 @@ def ratios(r: dict[str, Any]) -> dict[str, float | None]:
         "ingest_eps/arq_enqueue_eps": _ratio(r.get("ingest_eps"), r.get("arq_enqueue_eps")),
         "ingest_eps/ws_raw_eps": _ratio(r.get("ingest_eps"), r.get("ws_raw_eps")),
         "ingest_eps/ws_parse_eps": _ratio(r.get("ingest_eps"), r.get("ws_parse_eps")),
+        "ingest_eps/ingest_eps_untraced": _ratio(r.get("ingest_eps"), r.get("ingest_eps_untraced")),
         "ingest_sqs_eps/sqs_raw_eps": _ratio(r.get("ingest_sqs_eps"), r.get("sqs_raw_eps")),
         "e2e_rps_postgres/arq_noop_jps": _ratio(e2e.get("postgres"), r.get("arq_noop_jps")),
         "e2e_rps_sqlite/arq_noop_jps": _ratio(e2e.get("sqlite"), r.get("arq_noop_jps")),
@@ -163,6 +164,11 @@ def report(doc: dict[str, Any]) -> str:
     q = doc["ratios"]
     measured = [
         ("ingest_eps (WebSocket, no workers)", _num(r.get("ingest_eps")), "events/s"),
+        (
+            "ingest_eps, tracing off",
+            _num(r.get("ingest_eps_untraced")),
+            "events/s (OTEL_SDK_DISABLED=true)",
+        ),
         ("ingest_sqs_eps (SQS, no workers)", _num(r.get("ingest_sqs_eps")), "events/s"),
         ("e2e_rps PostgreSQL", _num(e2e.get("postgres")), "records applied/s"),
         ("e2e_rps SQLite", _num(e2e.get("sqlite")), "records applied/s"),

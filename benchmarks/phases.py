@@ -233,6 +233,22 @@ class Bench:
                 **usage.as_dict(),
                 "otlp": delta(otlp_before, self.otlp.snapshot()),
             }
+            # The same intake with tracing off: what tracing costs, from this run.
+            await self.stack.reset_redis()
+            await self.stack.reset_database(database)
+            untraced = self.stack.service(
+                "service-ingest-ws-untraced", env | {"OTEL_SDK_DISABLED": "true"}, worker=False
+            )
+            try:
+                untraced_samples = await self._follow(
+                    lambda: self.stack.routed("ws"),
+                    proc=untraced,
+                    expected=n,
+                    window=self.sizes.ws_window_s,
+                )
+            finally:
+                await self._stop(untraced)
+            self.results["ingest_eps_untraced"] = rate_from_samples(untraced_samples)
             if spy.output is not None and spy.output.exists():
                 self.details["profile_ws_ingest"] = {
                     "file": str(spy.output),
