@@ -29,7 +29,7 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.cron import cron
 from arq.worker import Function, Worker, func
 from opentelemetry import trace
-from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, StatusCode
+from opentelemetry.trace import Link, NonRecordingSpan, SpanKind, StatusCode
 
 from .config import Settings
 from .coordination import (
@@ -48,7 +48,7 @@ from .resync import resync_topic
 from .salesforce import SalesforceClient, SalesforceError, snapshot_changes, snapshot_position
 from .store import Store
 from .telemetry import Telemetry
-from .telemetry.tracing import ROOT, links_from
+from .telemetry.tracing import ROOT, links_from, span_ids
 
 __all__ = ["apply_record", "build_worker", "job_serializer"]
 
@@ -116,7 +116,7 @@ async def apply_record(ctx: dict[str, Any], topic: str, record_id: str) -> str:
         set_status_on_exception=False,
     ) as span:
         try:
-            return await _apply_claimed(ctx, record, job_id, bound.bind(**_ids(span)), run)
+            return await _apply_claimed(ctx, record, job_id, bound.bind(**span_ids(span)), run)
         finally:
             elapsed = time.perf_counter() - started
             span.set_attribute("amt.job_outcome", run.outcome)
@@ -143,16 +143,6 @@ class _Run:
         self.error = ""
         self.committed_ms = 0
         self.positions: set[str] = set()
-
-
-def _ids(span: Span) -> dict[str, str]:
-    context = span.get_span_context()
-    if not context.is_valid:
-        return {}
-    return {
-        "trace_id": format(context.trace_id, "032x"),
-        "span_id": format(context.span_id, "016x"),
-    }
 
 
 async def _apply_claimed(

@@ -32,6 +32,7 @@ from .telemetry.tracing import (
     encode_context,
     event_trace_id,
     next_trace_id,
+    span_ids,
 )
 
 __all__ = ["RouteReport", "Router"]
@@ -128,7 +129,7 @@ class Router:
                     topic=event.topic,
                     path=path,
                     outcome="filtered",
-                    **_ids(span),
+                    **span_ids(span),
                 )
                 counts[(path, event.topic, "filtered")] += 1
             report.outcomes["filtered"] += len(filtered)
@@ -225,16 +226,6 @@ class Router:
             next_trace_id.reset(token)
 
 
-def _ids(span: Span) -> dict[str, str]:
-    context = span.get_span_context()
-    if not context.is_valid:
-        return {}
-    return {
-        "trace_id": format(context.trace_id, "032x"),
-        "span_id": format(context.span_id, "016x"),
-    }
-
-
 def _log_outcome(event: Event, result: IngestResult, path: str, span: Span) -> None:
     extra: dict[str, object] = (
         {"first_path": result.first_path}
@@ -251,5 +242,5 @@ def _log_outcome(event: Event, result: IngestResult, path: str, span: Span) -> N
         path=path,
         outcome=result.outcome,
         **extra,
-        **_ids(span),
+        **span_ids(span),
     )

@@ -53,6 +53,7 @@ __all__ = [
     "links_from",
     "make_sampler",
     "next_trace_id",
+    "span_ids",
 ]
 
 #: ``messaging.system`` per path.
@@ -111,6 +112,14 @@ def decode_context(text: str | bytes) -> SpanContext | None:
         return None
     context = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
     return context if context.is_valid else None
+
+
+def span_ids(span: trace.Span) -> dict[str, str]:
+    """``trace_id``/``span_id`` of a span, for a log line about it ({} if not recording)."""
+    context = span.get_span_context()
+    if not context.is_valid:
+        return {}
+    return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
 
 
 def links_from(encoded: str | bytes, *, limit: int = 128) -> list[SpanContext]:

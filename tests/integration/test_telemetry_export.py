@@ -221,7 +221,14 @@ async def test_otlp_export_metrics_scrape_and_no_secrets(aws_env, redis_url, tmp
                 within=60,
                 what="spans and metrics exported",
             )
+
+            async def duplicates_in_redis() -> int:
+                stats = await client.hgetall("amt:stats")
+                return sum(int(v) for k, v in stats.items() if k.startswith(b"duplicate:"))
+
+            redis_before = await duplicates_in_redis()
             scraped = _scrape(http_port)
+            redis_after = await duplicates_in_redis()
             service.send_signal(signal.SIGTERM)
             code = await asyncio.to_thread(service.wait, 30)
         finally:
@@ -236,8 +243,10 @@ async def test_otlp_export_metrics_scrape_and_no_secrets(aws_env, redis_url, tmp
 
     # /metrics after the known workload: exact counts.
     events = _by(scraped["amt_events_total"], "outcome")
-    assert events["first"] == EVENTS and events["duplicate"] == EVENTS, events
-    assert sum(_by(scraped["amt_events_total"], "path").values()) == 2 * EVENTS
+    # Each event once per path; SQS is at-least-once, so a redelivery may add a
+    # duplicate, which the Redis counters (all processes) show the same way.
+    assert events["first"] == EVENTS and events["duplicate"] >= EVENTS, events
+    assert redis_before <= events["duplicate"] <= redis_after, (events, redis_before, redis_after)
     assert sum(scraped["amt_path_lag_seconds_count"].values()) == EVENTS
     assert "amt_jobs_total" in scraped and "amt_e2e_latency_seconds_count" in scraped
     assert any(dict(k).get("queue") == "arq" for k in scraped["amt_queue_depth"])
@@ -254,7 +263,7 @@ async def test_otlp_export_metrics_scrape_and_no_secrets(aws_env, redis_url, tmp
         for _, s in spans
         if s.name.startswith("process ")  # type: ignore[attr-defined]
     )
-    assert outcomes["first"] == EVENTS and outcomes["duplicate"] == EVENTS
+    assert outcomes["first"] == EVENTS and outcomes["duplicate"] >= EVENTS
     assert {"amt.events", "amt.path.lag", "amt.jobs", "amt.queue.depth"} <= receiver.metric_names()
 
     # Secrets: not in any log line, not in any exported byte.
@@ -264,5 +273,5 @@ async def test_otlp_export_metrics_scrape_and_no_secrets(aws_env, redis_url, tmp
     assert SECRET_AWS.encode() not in receiver.raw
     assert '"event":"event_routed"' in output.replace(" ", "")
     routed = [json.loads(line) for line in output.splitlines() if '"event_routed"' in line]
-    assert len(routed) == 2 * EVENTS
+    assert len(routed) == EVENTS + events["duplicate"]
     assert all(line["trace_id"] and line["span_id"] for line in routed)
