@@ -40,7 +40,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .errors import CoordinationError
-from .events import DELETED_FIELD, POSITION_WIDTH, Event, record_changes
+from .events import DELETED_FIELD, POSITION_WIDTH, Event, event_effect
 
 __all__ = [
     "JOB_FUNCTION",
@@ -149,13 +149,13 @@ def pending_entries(event: Event) -> list[tuple[str, str]]:
 
     Values are JSON text; the tombstone and re-read markers are pseudo-fields.
     """
-    change = record_changes(event)[0] if event.record_ids else None
-    if change is None:
+    if not event.record_ids:
         return [(REREAD_FIELD, "true")]
-    entries = [(name, orjson.dumps(value).decode()) for name, value in change.values.items()]
-    if change.deleted is not None:
-        entries.append((DELETED_FIELD, "true" if change.deleted else "false"))
-    if change.reread:
+    values, deleted, reread = event_effect(event)
+    entries = [(name, orjson.dumps(value).decode()) for name, value in values.items()]
+    if deleted is not None:
+        entries.append((DELETED_FIELD, "true" if deleted else "false"))
+    if reread:
         entries.append((REREAD_FIELD, "true"))
     return entries
 
@@ -166,7 +166,6 @@ class IngestResult:
 
     outcome: str
     first_path: str
-    first_ms: int
     first_context: str
     jobs_created: int
     #: Path lag (ms) when this is the first arrival on the second path, else -1.
@@ -264,17 +263,18 @@ class Coordinator:
         keys: list[str] = []
         specs: list[list[Any]] = []
         for i, event in enumerate(events):
+            record_ids = list(dict.fromkeys(event.record_ids))
             keys.append(dedup_key(event.event_id))
-            keys.extend(record_key(event.topic, rid) for rid in event.record_ids)
+            keys.extend(record_key(event.topic, rid) for rid in record_ids)
             specs.append(
                 [
                     contexts[i] if contexts else "",
                     event.position,
                     event.org_id,
                     event.topic,
-                    len(event.record_ids),
+                    len(record_ids),
                     [part for entry in pending_entries(event) for part in entry],
-                    event.record_ids,
+                    record_ids,
                 ]
             )
         spec = orjson.dumps(
@@ -303,12 +303,11 @@ class Coordinator:
             IngestResult(
                 outcome=flat[i].decode(),
                 first_path=flat[i + 1].decode(),
-                first_ms=int(flat[i + 2]),
-                first_context=flat[i + 3].decode(),
-                jobs_created=int(flat[i + 4]),
-                lag_ms=int(flat[i + 5]),
+                first_context=flat[i + 2].decode(),
+                jobs_created=int(flat[i + 3]),
+                lag_ms=int(flat[i + 4]),
             )
-            for i in range(0, len(flat), 6)
+            for i in range(0, len(flat), 5)
         ]
 
     async def count(self, counters: Mapping[str, int]) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "RecordChange",
     "Rejected",
     "SubscribedFrame",
+    "event_effect",
     "parse_event",
     "parse_sqs_message",
     "parse_ws_frame",
@@ -431,32 +432,34 @@ class RecordChange:
     reread: bool
 
 
-def record_changes(event: Event) -> list[RecordChange]:
-    """Apply the CDC rules of PROTOCOL.md section 1 to each record of the event."""
+def event_effect(event: Event) -> tuple[dict[str, Any], bool | None, bool]:
+    """``(values, deleted, reread)``: what the event does to each of its records, by
+    the CDC rules of PROTOCOL.md section 1 (the same for every record id)."""
     kind = event.change_type
-    values: dict[str, Any]
-    deleted: bool | None
     if kind in (ChangeType.CREATE, ChangeType.UNDELETE):
-        values, deleted = dict(event.fields), False
-    elif kind is ChangeType.UPDATE:
+        return dict(event.fields), False, False
+    if kind is ChangeType.UPDATE:
         values = dict(event.fields)
         for name in event.header.nulledFields:
             values.setdefault(name, None)
-        deleted = None
-    elif kind is ChangeType.DELETE:
-        values, deleted = {}, True
-    else:  # GAP_*: content unknown, re-read needed
-        values, deleted = {}, None
-    position = event.position
+        return values, None, False
+    if kind is ChangeType.DELETE:
+        return {}, True, False
+    return {}, None, True  # GAP_*: content unknown, re-read needed
+
+
+def record_changes(event: Event) -> list[RecordChange]:
+    """The event's effect (:func:`event_effect`) on each of its records."""
+    values, deleted, reread = event_effect(event)
     return [
         RecordChange(
             topic=event.topic,
             record_id=record_id,
             org_id=event.org_id,
-            position=position,
+            position=event.position,
             values=values,
             deleted=deleted,
-            reread=kind.is_gap,
+            reread=reread,
         )
         for record_id in dict.fromkeys(event.record_ids)
     ]

@@ -18,8 +18,8 @@
 -- on the other path also as cross:<first path>:<topic>, its lag kept in amt:lags.
 -- Each merged record keeps the trace contexts of its events in field "l" (comma
 -- separated, at most LINKS_MAX_CHARS), for the job span's parent and links.
--- Returns six values per event: outcome, first_path, first_ms, first_ctx,
--- jobs_created, lag_ms. outcome: "first", "duplicate" or "stale" (nothing newer
+-- Returns five values per event: outcome, first_path, first_ctx, jobs_created,
+-- lag_ms. outcome: "first", "duplicate" or "stale" (nothing newer
 -- than what is pending); lag_ms: the path lag of a first arrival on the second
 -- path, else -1. An event without records (GAP_OVERFLOW) queues a resync job.
 
@@ -40,10 +40,9 @@ local function count(key)
   stats[key] = (stats[key] or 0) + 1
 end
 
-local function emit(outcome, first_path, first_ms, ctx, jobs, lag)
+local function emit(outcome, first_path, ctx, jobs, lag)
   out[#out + 1] = outcome
   out[#out + 1] = first_path
-  out[#out + 1] = first_ms
   out[#out + 1] = ctx
   out[#out + 1] = jobs
   out[#out + 1] = lag
@@ -67,7 +66,7 @@ for _, e in ipairs(spec.e) do
       redis.call('ZREM', 'amt:onepath', first[1] .. ':' .. topic .. ':' .. event_id)
     end
     count('duplicate:' .. path .. ':' .. topic)
-    emit('duplicate', first[1], first[2], first[3] or '', 0, lag)
+    emit('duplicate', first[1], first[3] or '', 0, lag)
   else
     redis.call('HSET', evt, 'p', path, 't', now, 'c', ctx, 'seen:' .. path, now)
     redis.call('EXPIRE', evt, ttl)
@@ -125,10 +124,10 @@ for _, e in ipairs(spec.e) do
     end
     if merged_any or nrec == 0 then
       count('first:' .. path .. ':' .. topic)
-      emit('first', path, now, '', jobs, -1)
+      emit('first', path, '', jobs, -1)
     else
       count('stale:' .. path .. ':' .. topic)
-      emit('stale', path, now, '', 0, -1)
+      emit('stale', path, '', 0, -1)
     end
   end
 end

@@ -13,7 +13,7 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from amt_ingest.coordination import QUEUE_NAME, Coordinator, record_key
+from amt_ingest.coordination import INGEST_CHUNK, QUEUE_NAME, Coordinator, record_key
 from amt_ingest.events import Event, parse_event
 from amt_ingest.jobs import apply_record, job_deserializer
 from tests.conftest import SAMPLES
@@ -95,6 +95,30 @@ async def test_same_event_on_both_paths_is_applied_once(coord):
     assert len(await queued_jobs(coord)) == 1
     stats = await coord.stats()
     assert stats["first:ws:Opportunity"] == 1 and stats["duplicate:sqs:Opportunity"] == 1
+
+
+async def test_a_batch_longer_than_one_script_run_is_taken_in_order(coord):
+    """The hand-off runs the ingest script per chunk of a batch: every event is
+    taken in order, a repeat inside the batch (in the next chunk) is a duplicate,
+    and a record id listed twice in one event is one record."""
+    other = "0065g00000ZzZzZAAA"
+    events = [
+        make_event(100 + i, {"StageName": f"S{i}"}, record_ids=(RID, other, RID))
+        for i in range(INGEST_CHUNK + 20)
+    ]
+    batch = [*events, events[3]]
+    results = await coord.ingest(batch, path="ws")
+    assert [r.outcome for r in results] == ["first"] * len(events) + ["duplicate"]
+    assert sum(r.jobs_created for r in results) == 2  # one per record, not per event
+    stats = await coord.stats()
+    assert stats["first:ws:Opportunity"] == len(events)
+    assert stats["duplicate:ws:Opportunity"] == 1
+    for record_id in (RID, other):
+        held = await coord.redis.hget(record_key("Opportunity", record_id), "f:StageName")
+        assert held is not None and held.endswith(f'"S{len(events) - 1}"'.encode())
+        assert int(await coord.redis.hget(record_key("Opportunity", record_id), "ver")) == len(
+            events
+        )
 
 
 async def test_burst_for_one_record_coalesces_into_one_job(coord):
