@@ -72,10 +72,12 @@ class Watcher:
 
     async def refresh(self) -> None:
         """One round: gauges read and published, one-path events swept."""
-        depths: dict[str, int] = {"arq": await self.coordinator.queue_depth()}
         overview = await self.coordinator.overview()
-        depths["dead_records"] = overview["dead_records"]
-        depths["retrying_records"] = overview["retrying_records"]
+        depths: dict[str, int] = {
+            "arq": overview["queued_jobs"],
+            "dead_records": overview["dead_records"],
+            "retrying_records": overview["retrying_records"],
+        }
         for url, dlq in self.queues.items():
             depth = await self._sqs_depth(url)
             if depth is not None:
