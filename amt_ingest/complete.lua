@@ -1,49 +1,67 @@
--- A job finished applying what it read from a record: drop the pending entries
--- it applied (unless a newer change replaced them meanwhile), then release the
--- record, or hand it to a fresh job if changes arrived while it ran.
+-- A job run finished applying what it read from its records: for each record,
+-- drop the pending entries it applied (unless a newer change replaced them
+-- meanwhile), then release the record, or, if changes arrived while it ran,
+-- hand it over: every record handed over goes to one fresh job.
 --
--- KEYS[1]    record key
--- KEYS[2]    lease key of the record (released here)
--- ARGV[1]    the finishing job's id (must still own the record)
--- ARGV[2]    the change counter the job read
--- ARGV[3]    arq queue name
--- ARGV[4]    arq job key ttl (ms)
--- ARGV[5]    arq function name
--- ARGV[6]    topic
--- ARGV[7]    record id
--- ARGV[8]    the run's lease token (the lease is dropped only if it is still this run's)
--- ARGV[9]    the trace contexts ("l") the job read; they are dropped, later ones kept
--- ARGV[10..] pairs: pending hash key, the exact value the job applied
+-- KEYS       per record: record key, lease key of the record (released here)
+-- ARGV[1]    the finishing job's id (must still own each record)
+-- ARGV[2]    arq queue name
+-- ARGV[3]    arq job key ttl (ms)
+-- ARGV[4]    arq function name
+-- ARGV[5..]  per record: the change counter the run read, the run's lease token
+--            (the lease is dropped only if it is still this run's), the trace
+--            contexts ("l") it read (dropped; later ones kept), topic, record id,
+--            the number N of applied entries, then N pairs: pending hash key,
+--            the exact value applied
 --
--- Returns {status, next_job_id}: status "released", "handed_over" or "not_owner".
+-- Returns {next_job_id ("" if none), status per record}: status "released",
+-- "handed_over" or "not_owner".
 
-local rec = KEYS[1]
-if redis.call('GET', KEYS[2]) == ARGV[8] then
-  redis.call('DEL', KEYS[2])
-end
-if redis.call('HGET', rec, 'job') ~= ARGV[1] then
-  return {'not_owner', ''}
-end
-for i = 10, #ARGV, 2 do
-  if redis.call('HGET', rec, ARGV[i]) == ARGV[i + 1] then
-    redis.call('HDEL', rec, ARGV[i])
+local job = ARGV[1]
+local out = {''}
+local next_recs, next_ids = {}, {}
+local a = 5
+for i = 1, #KEYS / 2 do
+  local rec, lease = KEYS[2 * i - 1], KEYS[2 * i]
+  local version, token, read = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local topic, record_id, n = ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
+  local first = a + 6
+  a = first + 2 * n
+  if redis.call('GET', lease) == token then
+    redis.call('DEL', lease)
   end
-end
-if redis.call('HGET', rec, 'ver') == ARGV[2] then
-  redis.call('DEL', rec)
-  redis.call('ZREM', 'amt:retrying', rec)
-  return {'released', ''}
-end
-redis.call('HDEL', rec, 'fail', 'failed_at', 'retry_delay')
-redis.call('ZREM', 'amt:retrying', rec)
-local read = ARGV[9]
-local links = redis.call('HGET', rec, 'l')
-if links and read ~= '' and string.sub(links, 1, string.len(read)) == read then
-  local rest = string.sub(links, string.len(read) + 2)
-  if rest == '' then
-    redis.call('HDEL', rec, 'l')
+  if redis.call('HGET', rec, 'job') ~= job then
+    out[#out + 1] = 'not_owner'
   else
-    redis.call('HSET', rec, 'l', rest)
+    for j = first, a - 1, 2 do
+      if redis.call('HGET', rec, ARGV[j]) == ARGV[j + 1] then
+        redis.call('HDEL', rec, ARGV[j])
+      end
+    end
+    redis.call('ZREM', 'amt:retrying', rec)
+    if redis.call('HGET', rec, 'ver') == version then
+      redis.call('DEL', rec)
+      redis.call('SREM', PENDING, rec)
+      out[#out + 1] = 'released'
+    else
+      redis.call('HDEL', rec, 'fail', 'failed_at', 'retry_delay')
+      local links = redis.call('HGET', rec, 'l')
+      if links and read ~= '' and string.sub(links, 1, string.len(read)) == read then
+        local rest = string.sub(links, string.len(read) + 2)
+        if rest == '' then
+          redis.call('HDEL', rec, 'l')
+        else
+          redis.call('HSET', rec, 'l', rest)
+        end
+      end
+      next_recs[#next_recs + 1] = rec
+      next_ids[#next_ids + 1] = {topic, record_id}
+      out[#out + 1] = 'handed_over'
+    end
   end
 end
-return {'handed_over', new_job(rec, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])}
+if #next_recs > 0 then
+  out[1] = next_job_id()
+  start_job(out[1], next_recs, next_ids, ARGV[2], ARGV[3], ARGV[4])
+end
+return out

@@ -84,8 +84,13 @@ class Settings(BaseSettings):
     worker_poll_delay: float = Field(0.05, gt=0)
     job_timeout: float = Field(120.0, gt=0)
     job_max_tries: int = Field(16, ge=1, le=100)
+    job_batch: int = Field(50, ge=1, le=500)
     shutdown_grace: float = Field(20.0, ge=0)
-    max_queued_jobs: int = Field(20_000, ge=1)
+    max_pending_records: int = Field(
+        20_000,
+        ge=1,
+        validation_alias=AliasChoices("AMT_MAX_PENDING_RECORDS", "AMT_MAX_QUEUED_JOBS"),
+    )
     resync_rate: float = Field(100.0, gt=0)
     dead_letter_file: Path = Path("./amt_ingest-dead-letters.jsonl")
 

@@ -7,10 +7,14 @@ Keys:
 - ``amt:rec:<topic>:<record_id>``   pending changes ``f:<field>`` = position + JSON value,
                                     ``job`` (owning job id), ``ver`` (change counter), ``org``,
                                     ``fail``/``failed_at``/``retry_delay`` while retrying
+- ``amt:pending``                   every record key above (set): the backlog intake waits on
 - ``amt:lease:<topic>:<record_id>``  the run of the owning job that works on it (expires)
 - ``amt:jobseq``                    source of fresh job ids
+- ``amt:openjob``                   the job the last hand-off left open: records join it
+                                    until a worker starts it or it is full
 - ``amt:fenceseq``                  fencing tokens: one per claim, checked by the store
-- ``arq:job:<id>``, ``amt:queue``   arq's job payloads and queue, written by the scripts
+- ``arq:job:<id>``, ``amt:queue``   arq's job payloads and queue, written by the scripts; a job
+                                    applies a batch of records (``[[topic, record_id], ...]``)
 - ``amt:cursor:<name>``             WebSocket resume point
 - ``amt:throttle``                  the operator's retry throttle (mode, factor)
 - ``amt:resync:<id>``, ``amt:resyncs``  resyncs of a type: progress, ids done (resumable)
@@ -22,8 +26,8 @@ Keys:
 - ``amt:lags``                      the last 1,000 path lags (ms), newest first
 - ``amt:gauges``                    queue depths and WebSocket state, published by services
 
-The ingest and complete scripts are the only writers of ``amt:rec:*``; each runs
-atomically, so every race between routers and jobs resolves inside Redis.
+The scripts are the only writers of ``amt:rec:*``; each runs atomically, so
+every race between routers and jobs resolves inside Redis.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from .events import DELETED_FIELD, POSITION_WIDTH, Event, event_effect
 
 __all__ = [
     "JOB_FUNCTION",
+    "LEGACY_JOB_FUNCTION",
     "QUEUE_NAME",
     "REREAD_FIELD",
     "Coordinator",
@@ -54,7 +59,10 @@ __all__ = [
 ]
 
 QUEUE_NAME: Final = "amt:queue"
-JOB_FUNCTION: Final = "apply_record"
+JOB_FUNCTION: Final = "apply_records"
+#: The one-record job of earlier versions; jobs queued by them still run.
+LEGACY_JOB_FUNCTION: Final = "apply_record"
+PENDING_KEY: Final = "amt:pending"
 REREAD_FIELD: Final = "__reread__"
 STATS_KEY: Final = "amt:stats"
 RESYNC_FUNCTION: Final = "resync_topic"
@@ -66,7 +74,7 @@ RETRYING_KEY: Final = "amt:retrying"
 ONE_PATH_KEY: Final = "amt:onepath"
 LAGS_KEY: Final = "amt:lags"
 GAUGES_KEY: Final = "amt:gauges"
-JOB_TTL_MS: Final = 72 * 3600 * 1000  # longer than the 15-retry schedule (about 36 h)
+JOB_TTL_MS: Final = 72 * 3600 * 1000  # longer than the 15-retry schedule (about 50 h)
 #: Events per ingest script run: bounds how long one run holds Redis (a few ms).
 INGEST_CHUNK: Final = 500
 
@@ -81,6 +89,13 @@ async def _done(result: Awaitable[T] | T, what: str = "a Redis call") -> T:
         return await result if inspect.isawaitable(result) else result
     except (RedisError, OSError) as exc:
         raise CoordinationError(f"{what} failed: {exc}") from exc
+
+
+# Forget a pending-set member whose record key is gone.
+_FORGET_GONE: Final = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return redis.call('SREM', KEYS[1], KEYS[2]) end
+return 0
+"""
 
 
 # Drop a lease only if this run still holds it.
@@ -167,7 +182,8 @@ class IngestResult:
     outcome: str
     first_path: str
     first_context: str
-    jobs_created: int
+    #: Records this event handed to a job (they had none; jobs are shared per batch).
+    scheduled: int
     #: Path lag (ms) when this is the first arrival on the second path, else -1.
     lag_ms: int = -1
 
@@ -206,22 +222,53 @@ def _decode_pending(raw: Mapping[bytes, bytes]) -> dict[str, tuple[str, Any]]:
     return changes
 
 
+def _pending(
+    topic: str, record_id: str, flat: Sequence[bytes], token: str, fence: int
+) -> PendingRecord:
+    raw = dict(zip(flat[::2], flat[1::2], strict=True))
+    return PendingRecord(
+        topic=topic,
+        record_id=record_id,
+        org_id=raw.get(b"org", b"").decode(),
+        version=raw.get(b"ver", b"0"),
+        entries={k: v for k, v in raw.items() if k.startswith(b"f:")},
+        changes=_decode_pending(raw),
+        token=token,
+        failures=int(raw.get(b"fail", b"0")),
+        failed_at_ms=int(raw.get(b"failed_at", b"0")),
+        retry_delay_s=float(raw.get(b"retry_delay", b"0")),
+        fence=fence,
+        links=raw.get(b"l", b""),
+    )
+
+
 class Coordinator:
     """All of the service's Redis state, behind methods that say what they promise."""
 
-    def __init__(self, client: aioredis.Redis, *, dedup_ttl: int, queue_name: str = QUEUE_NAME):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        dedup_ttl: int,
+        queue_name: str = QUEUE_NAME,
+        job_batch: int = 50,
+    ):
         self.redis = client
         self.queue_name = queue_name
         self.dedup_ttl = dedup_ttl
-        #: arq queue depth as of the last hand-off (read in the same round trip).
-        self.last_queue_depth = 0
+        #: Most records one job applies (the ingest script fills jobs up to it).
+        self.job_batch = job_batch
+        #: Records pending in Redis as of the last hand-off (read in the same round trip).
+        self.last_pending = 0
         self._ingest = client.register_script(_script("ingest.lua"))
         self._complete = client.register_script(_script("complete.lua"))
         self._reap = client.register_script(_script("reap.lua"))
         self._claim = client.register_script(_script("claim.lua"))
+        self._hold = client.register_script(_script("hold.lua"))
         self._replay = client.register_script(_script("replay.lua"))
         self._mark = client.register_script(_script("mark.lua"))
         self._unlease = client.register_script(_UNLEASE)
+        self._forget_gone = client.register_script(_FORGET_GONE)
         self._sweep = client.register_script(_SWEEP_ONE_PATH)
         self._drop_dead = client.register_script(_DROP_DEAD)
 
@@ -284,19 +331,20 @@ class Coordinator:
                 "q": self.queue_name,
                 "jt": JOB_TTL_MS,
                 "fn": JOB_FUNCTION,
+                "b": self.job_batch,
                 "track": 1 if track_one_path else 0,
                 "e": specs,
             }
         )
         pipe = self.redis.pipeline(transaction=False)
         await self._ingest(keys=keys, args=[spec], client=pipe)
-        pipe.zcard(self.queue_name)
+        pipe.scard(PENDING_KEY)
         try:
-            flat, depth = await pipe.execute(raise_on_error=False)
+            flat, pending = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:
             raise CoordinationError(f"hand-off to Redis failed: {exc}") from exc
-        if isinstance(depth, int):
-            self.last_queue_depth = depth
+        if isinstance(pending, int):
+            self.last_pending = pending
         if isinstance(flat, Exception):
             raise CoordinationError(f"hand-off to Redis failed: {flat}") from flat
         return [
@@ -304,7 +352,7 @@ class Coordinator:
                 outcome=flat[i].decode(),
                 first_path=flat[i + 1].decode(),
                 first_context=flat[i + 2].decode(),
-                jobs_created=int(flat[i + 3]),
+                scheduled=int(flat[i + 3]),
                 lag_ms=int(flat[i + 4]),
             )
             for i in range(0, len(flat), 5)
@@ -324,57 +372,82 @@ class Coordinator:
 
     # -- jobs ------------------------------------------------------------------
 
+    async def claim_batch(
+        self, members: Sequence[tuple[str, str]], job_id: str, *, token: str, lease_ms: int
+    ) -> list[PendingRecord | None] | int:
+        """Claim records ``(topic, record_id)`` for one run of ``job_id`` and read
+        their pending changes, in one round trip.
+
+        Returns one entry per member: its pending record, or ``None`` when
+        ``job_id`` does not own it (nothing to do). If another run of the same job
+        holds a lease, nothing is claimed and the lease's remaining milliseconds
+        are returned (retry after that).
+        """
+        keys: list[str] = []
+        for topic, record_id in members:
+            keys.append(record_key(topic, record_id))
+            keys.append(lease_key(topic, record_id))
+        try:
+            reply = await self._claim(keys=keys, args=[job_id, token, lease_ms])
+        except (RedisError, OSError) as exc:
+            raise CoordinationError(f"claiming the records of {job_id} failed: {exc}") from exc
+        if reply[0] == b"busy":
+            return max(1, int(reply[1]))
+        fence = int(reply[1])
+        return [
+            _pending(topic, record_id, flat, token, fence) if flat else None
+            for (topic, record_id), flat in zip(members, reply[2:], strict=True)
+        ]
+
     async def claim(
         self, topic: str, record_id: str, job_id: str, *, token: str, lease_ms: int
     ) -> PendingRecord | int | None:
-        """Claim the record for one run of ``job_id`` and read its pending changes.
-
-        Returns the pending record; ``None`` if ``job_id`` does not own the record
-        (nothing to do); or, if another run of the same job holds the lease, the
-        lease's remaining milliseconds (retry after that).
-        """
-        try:
-            reply = await self._claim(
-                keys=[record_key(topic, record_id), lease_key(topic, record_id)],
-                args=[job_id, token, lease_ms],
-            )
-        except (RedisError, OSError) as exc:
-            raise CoordinationError(f"claiming {topic} {record_id} failed: {exc}") from exc
-        status = reply[0].decode()
-        if status == "not_owner":
-            return None
-        if status == "busy":
-            return max(1, int(reply[1]))
-        flat = reply[1]
-        raw = dict(zip(flat[::2], flat[1::2], strict=True))
-        return PendingRecord(
-            topic=topic,
-            record_id=record_id,
-            org_id=raw.get(b"org", b"").decode(),
-            version=raw.get(b"ver", b"0"),
-            entries={k: v for k, v in raw.items() if k.startswith(b"f:")},
-            changes=_decode_pending(raw),
-            token=token,
-            failures=int(raw.get(b"fail", b"0")),
-            failed_at_ms=int(raw.get(b"failed_at", b"0")),
-            retry_delay_s=float(raw.get(b"retry_delay", b"0")),
-            fence=int(reply[2]),
-            links=raw.get(b"l", b""),
+        """:meth:`claim_batch` for one record."""
+        claimed = await self.claim_batch(
+            [(topic, record_id)], job_id, token=token, lease_ms=lease_ms
         )
+        return claimed if isinstance(claimed, int) else claimed[0]
 
-    async def record_failure(self, record: PendingRecord, *, retry_delay_s: float) -> int:
-        """Count a failed run of the record's job; returns the failures so far."""
-        key = record_key(record.topic, record.record_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrby(key, "fail", 1)
-        now_ms = int(time.time() * 1000)
-        pipe.hset(key, mapping={"failed_at": now_ms, "retry_delay": retry_delay_s})
-        pipe.zadd(RETRYING_KEY, {key: now_ms})
+    async def hold(
+        self,
+        records: Sequence[PendingRecord],
+        job_id: str,
+        *,
+        failed: bool,
+        retry_delay_s: float,
+        move_after_s: float | None = None,
+    ) -> tuple[list[int], str]:
+        """End a run for records it did not apply: count a failure on each when
+        ``failed`` (a throttled wait is not a failure), drop the run's leases, and
+        with ``move_after_s`` hand them to one fresh job due after that many
+        seconds (otherwise they stay with ``job_id``, which arq reruns).
+
+        Returns the failures per record (-1 when the job no longer owns it) and the
+        fresh job's id (``""`` if none). All records must share the run's token.
+        """
+        if not records:
+            return [], ""
+        keys: list[str] = []
+        args: list[Any] = [
+            job_id,
+            records[0].token,
+            "1" if failed else "0",
+            retry_delay_s,
+            self.queue_name if move_after_s is not None else "",
+            JOB_TTL_MS,
+            JOB_FUNCTION,
+            int((move_after_s or 0) * 1000),
+        ]
+        for record in records:
+            keys.append(record_key(record.topic, record.record_id))
+            keys.append(lease_key(record.topic, record.record_id))
+            args.append(record.topic)
+            args.append(record.record_id)
         try:
-            failures, _, _ = await pipe.execute()
+            reply = await self._hold(keys=keys, args=args)
         except (RedisError, OSError) as exc:
-            raise CoordinationError(f"counting a failure of {record.record_id}: {exc}") from exc
-        return int(failures)
+            raise CoordinationError(f"holding the records of {job_id} failed: {exc}") from exc
+        return [int(n) for n in reply[1:]], reply[0].decode()
 
     async def throttle(self) -> tuple[str | None, float]:
         """The operator's retry throttle: ``(mode, factor)``; mode is None, pause or slow."""
@@ -401,37 +474,45 @@ class Coordinator:
             # The lease expires by itself after the job timeout.
             raise CoordinationError(f"releasing the lease of {record.record_id}: {exc}") from exc
 
-    async def complete(self, record: PendingRecord, job_id: str) -> tuple[str, str]:
-        """Drop what the job applied; release the record or hand it to a fresh job.
+    async def complete_batch(
+        self, records: Sequence[PendingRecord], job_id: str
+    ) -> tuple[list[str], str]:
+        """Drop what the run applied; release each record or hand it to a fresh job
+        (one for all records handed over), in one round trip.
 
-        Returns ``(status, next_job_id)`` with status ``released``, ``handed_over``
-        or ``not_owner``.
+        Returns the status per record (``released``, ``handed_over`` or
+        ``not_owner``) and the fresh job's id (``""`` if none).
         """
-        args: list[Any] = [
-            job_id,
-            record.version,
-            self.queue_name,
-            JOB_TTL_MS,
-            JOB_FUNCTION,
-            record.topic,
-            record.record_id,
-            record.token,
-            record.links,
-        ]
-        for key, value in record.entries.items():
-            args.append(key)
-            args.append(value)
-        try:
-            status, next_id = await self._complete(
-                keys=[
-                    record_key(record.topic, record.record_id),
-                    lease_key(record.topic, record.record_id),
-                ],
-                args=args,
+        if not records:
+            return [], ""
+        keys: list[str] = []
+        args: list[Any] = [job_id, self.queue_name, JOB_TTL_MS, JOB_FUNCTION]
+        for record in records:
+            keys.append(record_key(record.topic, record.record_id))
+            keys.append(lease_key(record.topic, record.record_id))
+            args.extend(
+                (
+                    record.version,
+                    record.token,
+                    record.links,
+                    record.topic,
+                    record.record_id,
+                    len(record.entries),
+                )
             )
+            for key, value in record.entries.items():
+                args.append(key)
+                args.append(value)
+        try:
+            reply = await self._complete(keys=keys, args=args)
         except (RedisError, OSError) as exc:
-            raise CoordinationError(f"completing {record.topic} {record.record_id}: {exc}") from exc
-        return status.decode(), next_id.decode()
+            raise CoordinationError(f"completing the records of {job_id} failed: {exc}") from exc
+        return [status.decode() for status in reply[1:]], reply[0].decode()
+
+    async def complete(self, record: PendingRecord, job_id: str) -> tuple[str, str]:
+        """:meth:`complete_batch` for one record: ``(status, next_job_id)``."""
+        statuses, next_job = await self.complete_batch([record], job_id)
+        return statuses[0], next_job if statuses[0] == "handed_over" else ""
 
     async def dead_letter_record(self, record: PendingRecord, job_id: str, error: str) -> str:
         """Keep the record's pending changes with the last error, then complete the job."""
@@ -454,13 +535,16 @@ class Coordinator:
         return status
 
     async def reap(self, *, batch: int = 500) -> list[tuple[str, str, str]]:
-        """Give a fresh job to every record whose owning job is gone from arq.
+        """Give a fresh job to every record whose owning job is gone from arq, and
+        forget pending-set members whose record is gone (deleted by hand).
 
         Returns ``(topic, record_id, new_job_id)`` for each recovered record. Safe to
         run from several workers at once: each check-and-enqueue is atomic.
         """
         recovered: list[tuple[str, str, str]] = []
         try:
+            async for member in self.redis.sscan_iter(PENDING_KEY, count=batch):
+                await self._forget_gone(keys=[PENDING_KEY, member])
             async for key in self.redis.scan_iter(match="amt:rec:*", count=batch):
                 _, _, topic, record_id = key.decode().split(":", 3)
                 job_id = await self._reap(
@@ -603,18 +687,28 @@ class Coordinator:
         pipe.hgetall(STATS_KEY)
         pipe.lrange(LAGS_KEY, 0, -1)
         pipe.zcard(self.queue_name)
+        pipe.scard(PENDING_KEY)
         pipe.zcard(RETRYING_KEY)
         pipe.hlen(DEAD_RECORDS_KEY)
         pipe.zcard(ONE_PATH_KEY)
         pipe.hgetall(GAUGES_KEY)
         pipe.hgetall(THROTTLE_KEY)
-        stats, lags, queued, retrying, dead, one_path, gauges, throttle = await self._execute(
-            pipe, "reading the overview"
-        )
+        (
+            stats,
+            lags,
+            queued,
+            pending,
+            retrying,
+            dead,
+            one_path,
+            gauges,
+            throttle,
+        ) = await self._execute(pipe, "reading the overview")
         return {
             "stats": {k.decode(): int(v) for k, v in stats.items()},
             "lags_ms": [int(v) for v in lags],
             "queued_jobs": int(queued),
+            "pending_records": int(pending),
             "retrying_records": int(retrying),
             "dead_records": int(dead),
             "one_path_pending": int(one_path),
@@ -626,13 +720,14 @@ class Coordinator:
         raw = await _done(self.redis.hgetall(STATS_KEY))
         return {k.decode(): int(v) for k, v in raw.items()}
 
-    async def queue_depth(self) -> int:
+    async def pending_records(self) -> int:
+        """Records waiting in Redis to be applied (queued, running or retrying)."""
         try:
-            depth = int(await _done(self.redis.zcard(self.queue_name)))
+            pending = int(await _done(self.redis.scard(PENDING_KEY)))
         except (RedisError, OSError) as exc:
-            raise CoordinationError(f"reading the queue depth failed: {exc}") from exc
-        self.last_queue_depth = depth
-        return depth
+            raise CoordinationError(f"reading the pending records failed: {exc}") from exc
+        self.last_pending = pending
+        return pending
 
     async def dead_records(self) -> list[dict[str, Any]]:
         """Every dead-lettered record, sorted by topic then id."""

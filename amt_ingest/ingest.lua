@@ -1,13 +1,16 @@
 -- Ingest a batch of events; each one atomically: dedup, merge into each record's
--- pending changes, and hand the record to a fresh arq job when no job owns it.
--- One call per batch (one script run, one argument to encode) is what makes
--- the hand-off cheap; events are taken in order, so a batch may hold the same
--- event or record twice.
+-- pending changes, and hand the record to a job when no job owns it. Such
+-- records share jobs of at most "b" records: the job left open by the last run
+-- while no worker has started it (amt:openjob), then fresh ones. One call per
+-- batch (one script run, one argument to encode) is what
+-- makes the hand-off cheap; events are taken in order, so a batch may hold the
+-- same event or record twice.
 --
 -- KEYS         per event: its dedup key (amt:evt:<event_id>), then its record
 --              keys (amt:rec:<topic>:<record_id>), one per record id
 -- ARGV[1]      JSON: {"p": path ("ws" or "sqs"), "ttl": dedup ttl (s),
 --                     "q": arq queue, "jt": arq job key ttl (ms), "fn": arq function,
+--                     "b": most records per job,
 --                     "track": 1 when both paths run (events seen on one path only
 --                              are kept in amt:onepath until the other brings them),
 --                     "e": [[trace context ("" if none), position key, org id, topic,
@@ -18,8 +21,8 @@
 -- on the other path also as cross:<first path>:<topic>, its lag kept in amt:lags.
 -- Each merged record keeps the trace contexts of its events in field "l" (comma
 -- separated, at most LINKS_MAX_CHARS), for the job span's parent and links.
--- Returns five values per event: outcome, first_path, first_ctx, jobs_created,
--- lag_ms. outcome: "first", "duplicate" or "stale" (nothing newer
+-- Returns five values per event: outcome, first_path, first_ctx, scheduled (the
+-- records it handed to a job), lag_ms. outcome: "first", "duplicate" or "stale" (nothing newer
 -- than what is pending); lag_ms: the path lag of a first arrival on the second
 -- path, else -1. An event without records (GAP_OVERFLOW) queues a resync job.
 
@@ -31,10 +34,62 @@ local queue = spec.q
 local job_ttl = spec.jt
 local fn = spec.fn
 local track = spec.track == 1
+local batch = spec.b
 local now = now_ms()
 local stats = {}
 local out = {}
 local k = 1
+local OPEN = 'amt:openjob'
+local open_job, open_recs, open_ids, reopened = nil, {}, {}, nil
+local last_open, last_size = nil, 0
+
+-- The job the last hand-off left open takes more records while no worker has
+-- started it (no in-progress key, never tried, due): a record that arrives while
+-- its job waits for a worker joins it instead of costing a job of its own. A
+-- worker reads a job's records only after marking it in progress, so it sees
+-- every record that joined before.
+local held = redis.call('HGET', OPEN, 'id')
+if held and redis.call('EXISTS', 'arq:in-progress:' .. held) == 0
+    and redis.call('EXISTS', 'arq:retry:' .. held) == 0 then
+  local score = redis.call('ZSCORE', queue, held)
+  local payload = score and tonumber(score) <= tonumber(now) and redis.call('GET', 'arq:job:' .. held)
+  if payload then
+    local job = cjson.decode(payload)
+    if job.f == fn and #job.a[1] < batch then
+      open_job, open_ids, reopened = held, job.a[1], job
+    end
+  end
+end
+
+local function flush()
+  if not open_job then
+    return
+  end
+  if reopened then
+    if #open_recs > 0 then
+      for i = 1, #open_recs do
+        redis.call('SADD', PENDING, open_recs[i])
+      end
+      reopened.a = {open_ids}
+      redis.call('SET', 'arq:job:' .. open_job, cjson.encode(reopened), 'KEEPTTL')
+    end
+  else
+    start_job(open_job, open_recs, open_ids, queue, job_ttl, fn, now)
+  end
+  last_open, last_size = open_job, #open_ids
+  open_job, open_recs, open_ids, reopened = nil, {}, {}, nil
+end
+
+-- The job the next record joins (its id is set on the record at once, so that
+-- later events of this run see the record owned).
+local function joining(rec, topic, record_id)
+  if not open_job then
+    open_job = next_job_id()
+  end
+  open_recs[#open_recs + 1] = rec
+  open_ids[#open_ids + 1] = {topic, record_id}
+  return open_job
+end
 
 local function count(key)
   stats[key] = (stats[key] or 0) + 1
@@ -108,11 +163,17 @@ for _, e in ipairs(spec.e) do
             update[#update + 1] = links .. ',' .. ctx
           end
         end
+        local joined = false
+        if not cur[n + 2] then
+          update[#update + 1] = 'job'
+          update[#update + 1] = joining(rec, topic, ids[r + 1])
+          jobs = jobs + 1
+          joined = true
+        end
         redis.call('HSET', rec, unpack(update))
         redis.call('HINCRBY', rec, 'ver', 1)
-        if not cur[n + 2] then
-          new_job(rec, queue, job_ttl, fn, topic, ids[r + 1], now)
-          jobs = jobs + 1
+        if joined and #open_ids >= batch then
+          flush()
         end
       end
     end
@@ -132,6 +193,12 @@ for _, e in ipairs(spec.e) do
   end
 end
 
+flush()
+if last_open and last_size < batch then
+  redis.call('HSET', OPEN, 'id', last_open)
+elseif last_open then
+  redis.call('DEL', OPEN)
+end
 for key, n in pairs(stats) do
   redis.call('HINCRBY', 'amt:stats', key, n)
 end

@@ -1,17 +1,22 @@
-"""arq jobs: one run applies one record's pending changes to the store.
+"""arq jobs: one run applies the pending changes of a batch of records.
 
-A job is scheduled by the ingest script with a fresh id that the record's
-state names as its owner. The run reads the pending changes, applies them
-(newest wins per field), then the complete script drops what was applied and
-either releases the record or hands it to a fresh job when more changes came
-in meanwhile. So at most one job works on a record at a time, and a burst of
-events for one record costs one more run, not one per event.
+The ingest script hands records that no job owns to fresh jobs (the records of
+one hand-off share jobs of at most ``AMT_JOB_BATCH`` records), and each record's
+state names its job as owner. A run claims the records it still owns, applies
+their pending changes in one transaction (newest wins per field), then the
+complete script drops what was applied and releases each record, or hands the
+records that changed meanwhile to one fresh job. So at most one job works on a
+record at a time, and a burst of events for one record costs one more run, not
+one per event.
 
-A failed run is retried by arq after ``retry**4 + 30 + jitter`` seconds; new
-events keep merging into the pending changes meanwhile. Failures are counted
-on the record in Redis, so the operator's throttle (``amt:throttle``: pause,
-or slow by a factor) can hold retries without using them up. After the last
-try the pending changes go to the dead-letter records with the error.
+A record whose write failed is retried after ``retry**4 + 30 + jitter``
+seconds; new events keep merging into its pending changes meanwhile. When
+every failed record of a run has failed as often as the others, arq reruns the
+job after that delay; otherwise each group of equal failure counts moves to a
+fresh job due after its delay. Failures are counted on the record in Redis, so
+the operator's throttle (``amt:throttle``: pause, or slow by a factor) can hold
+retries without using them up. After the last try the pending changes go to the
+dead-letter records with the error.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
@@ -29,11 +36,12 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.cron import cron
 from arq.worker import Function, Worker, func
 from opentelemetry import trace
-from opentelemetry.trace import Link, NonRecordingSpan, SpanKind, StatusCode
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, StatusCode
 
 from .config import Settings
 from .coordination import (
     JOB_FUNCTION,
+    LEGACY_JOB_FUNCTION,
     QUEUE_NAME,
     REREAD_FIELD,
     RESYNC_FUNCTION,
@@ -46,11 +54,11 @@ from .merge import combine
 from .policy import job_retry_delay, throttle_wait
 from .resync import resync_topic
 from .salesforce import SalesforceClient, SalesforceError, snapshot_changes, snapshot_position
-from .store import Store
+from .store import ApplyItem, ApplyResult, Store
 from .telemetry import Telemetry
 from .telemetry.tracing import ROOT, links_from, span_ids
 
-__all__ = ["apply_record", "build_worker", "job_serializer"]
+__all__ = ["apply_record", "apply_records", "build_worker", "job_serializer"]
 
 log = structlog.get_logger("amt_ingest.jobs")
 
@@ -69,153 +77,316 @@ def job_deserializer(raw: bytes) -> dict[str, Any]:
     return value
 
 
+async def apply_records(ctx: dict[str, Any], members: list[list[str]]) -> dict[str, int]:
+    """Apply the pending changes of the job's records ``[[topic, record_id], ...]``;
+    returns how many records ended in each status."""
+    statuses = await run_job(ctx, [(str(topic), str(record_id)) for topic, record_id in members])
+    return dict(Counter(statuses))
+
+
 async def apply_record(ctx: dict[str, Any], topic: str, record_id: str) -> str:
-    """Apply a record's pending changes; returns what happened to the record."""
+    """A job of one record (as earlier versions queued them); returns its status."""
+    (status,) = await run_job(ctx, [(topic, record_id)])
+    return status
+
+
+class _RecordRun:
+    """One record in a run: what happened to it, for its span, metrics and status."""
+
+    __slots__ = ("error", "outcome", "record", "span", "status")
+
+    def __init__(self, record: PendingRecord, span: Span) -> None:
+        self.record = record
+        self.span = span
+        self.outcome = "error"
+        self.status = "error"
+        self.error = ""
+
+
+async def run_job(ctx: dict[str, Any], members: Sequence[tuple[str, str]]) -> list[str]:
+    """One run of a job over its records; returns each member's status
+    (``released``, ``handed_over``, ``not_owner``, ``fenced``, ``moved``,
+    ``dead_lettered``, ...). Raises :class:`arq.Retry` to have arq rerun the job."""
     coordinator: Coordinator = ctx["coordinator"]
     job_id: str = ctx["job_id"]
     job_try: int = ctx.get("job_try", 1)
-    bound = log.bind(topic=topic, record_id=record_id, job_id=job_id, job_try=job_try)
+    bound = log.bind(job_id=job_id, job_try=job_try)
     try:
-        record = await coordinator.claim(
-            topic, record_id, job_id, token=uuid.uuid4().hex, lease_ms=ctx["lease_ms"]
+        claimed = await coordinator.claim_batch(
+            members, job_id, token=uuid.uuid4().hex, lease_ms=ctx["lease_ms"]
         )
     except CoordinationError as exc:
         bound.warning("job_redis_error", error=str(exc))
         raise Retry(defer=COORDINATION_RETRY_S) from exc
-    if record is None:
-        bound.info("job_skipped", reason="not_owner")
-        return "not_owner"
-    if isinstance(record, int):
-        # Another run of this job still holds the record (arq reran it after its
+    if isinstance(claimed, int):
+        # Another run of this job still holds a record (arq reran it after its
         # in-progress key lapsed): never two runs on one record at once.
-        bound.warning("job_record_busy", retry_in_ms=record)
-        raise Retry(defer=record / 1000)
+        bound.warning("job_record_busy", retry_in_ms=claimed)
+        raise Retry(defer=claimed / 1000)
+    for (topic, record_id), record in zip(members, claimed, strict=True):
+        if record is None:
+            bound.info("job_skipped", reason="not_owner", topic=topic, record_id=record_id)
+    records = [record for record in claimed if record is not None]
+    if not records:
+        return ["not_owner"] * len(members)
     telemetry: Telemetry = ctx.get("telemetry") or Telemetry.off()
-    # The run joins the trace of the first event it applies and links the others.
+    tracer = telemetry.tracer
+    started = time.perf_counter()
+    # A batch run has a span of its own for the shared work (the claim, the
+    # transaction, the completion); each record's span joins the trace of the
+    # first event it applies, links the others and links the run. A run of one
+    # record is that record's span alone.
+    batch = (
+        tracer.start_span(
+            "apply batch",
+            context=ROOT,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "arq",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": QUEUE_NAME,
+                "messaging.message.id": job_id,
+                "messaging.batch.message_count": len(records),
+                "amt.job_try": job_try,
+            },
+        )
+        if len(records) > 1
+        else None
+    )
+    batch_links = [Link(batch.get_span_context(), {"amt.link": "job_run"})] if batch else []
+    runs = [
+        _RecordRun(record, _record_span(tracer, record, job_id, job_try, batch_links))
+        for record in records
+    ]
+    current = batch if batch is not None else runs[0].span
+    try:
+        with trace.use_span(current, end_on_exit=False):
+            await _apply_claimed(ctx, runs, job_id, bound)
+    finally:
+        elapsed = time.perf_counter() - started
+        for run in runs:
+            _finish(telemetry, run, elapsed)
+        if batch is not None:
+            batch.set_attribute("amt.outcomes", sorted({run.outcome for run in runs}))
+            batch.end()
+    by_record = {(run.record.topic, run.record.record_id): run.status for run in runs}
+    return [by_record.get(member, "not_owner") for member in members]
+
+
+def _record_span(
+    tracer: trace.Tracer,
+    record: PendingRecord,
+    job_id: str,
+    job_try: int,
+    batch_links: list[Link],
+) -> Span:
     events = links_from(record.links)
     parent = trace.set_span_in_context(NonRecordingSpan(events[0])) if events else ROOT
-    run = _Run()
-    started = time.perf_counter()
-    with telemetry.tracer.start_as_current_span(
-        f"apply {topic}",
+    return tracer.start_span(
+        f"apply {record.topic}",
         context=parent,
         kind=SpanKind.CONSUMER,
-        links=[Link(event, {"amt.link": "coalesced_event"}) for event in events],
+        links=[Link(event, {"amt.link": "coalesced_event"}) for event in events] + batch_links,
         attributes={
             "messaging.system": "arq",
             "messaging.operation.type": "process",
             "messaging.destination.name": QUEUE_NAME,
             "messaging.message.id": job_id,
-            "amt.topic": topic,
-            "amt.record_id": record_id,
+            "amt.topic": record.topic,
+            "amt.record_id": record.record_id,
             "amt.job_try": job_try,
             "amt.events": len(events),
             "amt.changes": len(record.changes),
         },
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        try:
-            return await _apply_claimed(ctx, record, job_id, bound.bind(**span_ids(span)), run)
-        finally:
-            elapsed = time.perf_counter() - started
-            span.set_attribute("amt.job_outcome", run.outcome)
-            if run.outcome in ("error", "retry", "dead_lettered"):
-                span.set_status(StatusCode.ERROR, run.error or run.outcome)
-            attributes = {"topic": topic, "outcome": run.outcome}
-            telemetry.metrics.jobs.add(1, attributes)
-            telemetry.metrics.job_duration.record(elapsed, attributes)
-            if run.committed_ms:
-                for position in run.positions:
-                    commit_ms = int(position[:15])
-                    telemetry.metrics.latency.record(
-                        max(0.0, (run.committed_ms - commit_ms) / 1000), {"topic": topic}
-                    )
+    )
 
 
-class _Run:
-    """What one run did, for its span and metrics."""
-
-    __slots__ = ("committed_ms", "error", "outcome", "positions")
-
-    def __init__(self) -> None:
-        self.outcome = "error"
-        self.error = ""
-        self.committed_ms = 0
-        self.positions: set[str] = set()
+def _finish(telemetry: Telemetry, run: _RecordRun, elapsed: float) -> None:
+    span = run.span
+    span.set_attribute("amt.job_outcome", run.outcome)
+    if run.outcome in ("error", "retry", "dead_lettered"):
+        span.set_status(StatusCode.ERROR, run.error or run.outcome)
+    span.end()
+    attributes = {"topic": run.record.topic, "outcome": run.outcome}
+    telemetry.metrics.jobs.add(1, attributes)
+    telemetry.metrics.job_duration.record(elapsed, attributes)
 
 
 async def _apply_claimed(
-    ctx: dict[str, Any], record: PendingRecord, job_id: str, bound: Any, run: _Run
-) -> str:
+    ctx: dict[str, Any], runs: list[_RecordRun], job_id: str, bound: Any
+) -> None:
     coordinator: Coordinator = ctx["coordinator"]
     store: Store = ctx["store"]
-    max_tries: int = ctx["max_tries"]
-    topic, record_id = record.topic, record.record_id
+    telemetry: Telemetry = ctx.get("telemetry") or Telemetry.off()
     started = time.perf_counter()
-    if record.failures:
-        wait = await _throttled(coordinator, record)
-        if wait is not None:
-            bound.info("job_retry_throttled", wait_s=round(wait, 1))
-            await _release(coordinator, record)
-            run.outcome = "throttled"
-            raise Retry(defer=wait)
-    changes = dict(record.changes)
-    reread = changes.pop(REREAD_FIELD, None)
     try:
-        if reread is not None:
-            changes = await _hydrate(ctx, topic, record_id, changes, reread[0], bound)
-        result = await store.apply(topic, record_id, record.org_id, changes, fence=record.fence)
-    except FencedError as exc:
-        # This run lost its lease (its process stalled) and a newer run wrote the
-        # record: stop without touching the pending changes, which that run owns.
-        bound.warning("job_fenced", error=str(exc))
-        run.outcome = "fenced"
-        return "fenced"
-    except (StoreError, SalesforceError) as exc:
-        run.error = str(exc)
-        if record.failures + 1 >= max_tries:
-            try:
-                status = await coordinator.dead_letter_record(record, job_id, str(exc))
-            except CoordinationError as redis_exc:
-                await _release(coordinator, record)
-                run.outcome = "retry"
-                raise Retry(defer=COORDINATION_RETRY_S) from redis_exc
-            bound.error("job_dead_lettered", error=str(exc), status=status, tries=max_tries)
-            run.outcome = "dead_lettered"
-            return "dead_lettered"
-        delay = job_retry_delay(record.failures + 1)
-        try:
-            failures = await coordinator.record_failure(record, retry_delay_s=delay)
-        except CoordinationError:
-            failures = record.failures + 1
-        bound.warning("job_retry", error=str(exc), failures=failures, retry_in_s=round(delay, 1))
-        await _release(coordinator, record)
-        run.outcome = "retry"
-        raise Retry(defer=delay) from exc
-    except BaseException:
-        await _release(coordinator, record)
-        raise
-    run.committed_ms = int(time.time() * 1000)
-    run.positions = {position for position, _ in changes.values()}
-    try:
-        status, next_job = await coordinator.complete(record, job_id)
+        runs = await _throttle(coordinator, runs, job_id, bound)
+        items: list[ApplyItem] = []
+        ready: list[_RecordRun] = []
+        failed: list[_RecordRun] = []
+        for run in runs:
+            record = run.record
+            changes = dict(record.changes)
+            reread = changes.pop(REREAD_FIELD, None)
+            if reread is not None:
+                try:
+                    changes = await _hydrate(
+                        ctx, record.topic, record.record_id, changes, reread[0], bound
+                    )
+                except SalesforceError as exc:
+                    run.error = str(exc)
+                    failed.append(run)
+                    continue
+            items.append(
+                ApplyItem(record.topic, record.record_id, record.org_id, changes, record.fence)
+            )
+            ready.append(run)
+        outcomes = await store.apply_many(items) if items else []
+        committed_ms = int(time.time() * 1000)
+        applied: list[tuple[_RecordRun, ApplyResult, ApplyItem]] = []
+        for run, item, outcome in zip(ready, items, outcomes, strict=True):
+            if isinstance(outcome, FencedError):
+                # This run lost its lease (its process stalled) and a newer run wrote
+                # the record: leave the pending changes, which that run owns.
+                _bound(bound, run).warning("job_fenced", error=str(outcome))
+                run.outcome = run.status = "fenced"
+            elif isinstance(outcome, StoreError):
+                run.error = str(outcome)
+                failed.append(run)
+            else:
+                applied.append((run, outcome, item))
+        if applied:
+            statuses, next_job = await coordinator.complete_batch(
+                [run.record for run, _, _ in applied], job_id
+            )
+            duration_ms = round((time.perf_counter() - started) * 1000, 2)
+            for (run, result, item), status in zip(applied, statuses, strict=True):
+                run.outcome, run.status = "applied", status
+                for position in {position for position, _ in item.changes.values()}:
+                    telemetry.metrics.latency.record(
+                        max(0.0, (committed_ms - int(position[:15])) / 1000),
+                        {"topic": run.record.topic},
+                    )
+                _bound(bound, run).info(
+                    "job_done",
+                    applied=result.applied,
+                    stale=result.stale,
+                    status=status,
+                    next_job=next_job if status == "handed_over" else None,
+                    duration_ms=duration_ms,
+                )
+        if failed:
+            await _retry_or_dead_letter(ctx, failed, job_id, bound)
     except CoordinationError as exc:
         bound.warning("job_redis_error", error=str(exc))
-        await _release(coordinator, record)
-        run.outcome = "retry"
-        run.error = str(exc)
+        for run in runs:
+            if run.outcome == "error":
+                run.outcome, run.error = "retry", str(exc)
+        await _release(coordinator, [run.record for run in runs])
         raise Retry(defer=COORDINATION_RETRY_S) from exc
-    run.outcome = "applied"
-    bound.info(
-        "job_done",
-        applied=result.applied,
-        stale=result.stale,
-        status=status,
-        next_job=next_job or None,
-        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+    except Retry:
+        raise
+    except BaseException:
+        await _release(coordinator, [run.record for run in runs])
+        raise
+
+
+def _bound(bound: Any, run: _RecordRun) -> Any:
+    return bound.bind(topic=run.record.topic, record_id=run.record.record_id, **span_ids(run.span))
+
+
+async def _throttle(
+    coordinator: Coordinator, runs: list[_RecordRun], job_id: str, bound: Any
+) -> list[_RecordRun]:
+    """Hold the retries the operator's throttle holds; returns the runs to go on with.
+
+    Raises :class:`arq.Retry` when it holds every record of the run (arq reruns
+    the job after the wait); held records of a mixed run move to a fresh job.
+    """
+    retrying = [run for run in runs if run.record.failures]
+    if not retrying:
+        return runs
+    try:
+        mode, factor = await coordinator.throttle()
+    except CoordinationError:
+        return runs
+    now_ms = int(time.time() * 1000)
+    held: list[tuple[_RecordRun, float]] = []
+    for run in retrying:
+        wait = throttle_wait(
+            mode,
+            factor,
+            failed_at_ms=run.record.failed_at_ms,
+            retry_delay_s=run.record.retry_delay_s,
+            now_ms=now_ms,
+        )
+        if wait is not None:
+            held.append((run, wait))
+    if not held:
+        return runs
+    wait = max(w for _, w in held)
+    everything = len(held) == len(runs)
+    _, next_job = await coordinator.hold(
+        [run.record for run, _ in held],
+        job_id,
+        failed=False,
+        retry_delay_s=0,
+        move_after_s=None if everything else wait,
     )
-    return status
+    for run, _ in held:
+        run.outcome, run.status = "throttled", "throttled" if everything else "moved"
+        _bound(bound, run).info(
+            "job_retry_throttled", wait_s=round(wait, 1), next_job=next_job or None
+        )
+    if everything:
+        raise Retry(defer=wait)
+    return [run for run in runs if run.outcome != "throttled"]
+
+
+async def _retry_or_dead_letter(
+    ctx: dict[str, Any], failed: list[_RecordRun], job_id: str, bound: Any
+) -> None:
+    """Dead-letter the records out of tries; schedule the others' retries.
+
+    Raises :class:`arq.Retry` when they all failed as often (arq reruns the job
+    after their delay); otherwise each group moves to a fresh job due after its delay.
+    """
+    coordinator: Coordinator = ctx["coordinator"]
+    max_tries: int = ctx["max_tries"]
+    groups: dict[int, list[_RecordRun]] = {}
+    for run in failed:
+        if run.record.failures + 1 >= max_tries:
+            status = await coordinator.dead_letter_record(run.record, job_id, run.error)
+            _bound(bound, run).error(
+                "job_dead_lettered", error=run.error, status=status, tries=max_tries
+            )
+            run.outcome, run.status = "dead_lettered", "dead_lettered"
+        else:
+            groups.setdefault(run.record.failures, []).append(run)
+    rerun: float | None = None
+    for failures, group in groups.items():
+        delay = job_retry_delay(failures + 1)
+        stay = len(groups) == 1
+        counted, next_job = await coordinator.hold(
+            [run.record for run in group],
+            job_id,
+            failed=True,
+            retry_delay_s=delay,
+            move_after_s=None if stay else delay,
+        )
+        for run, count in zip(group, counted, strict=True):
+            run.outcome, run.status = "retry", "retry" if stay else "moved"
+            _bound(bound, run).warning(
+                "job_retry",
+                error=run.error,
+                failures=count,
+                retry_in_s=round(delay, 1),
+                next_job=next_job or None,
+            )
+        if stay:
+            rerun = delay
+    if rerun is not None:
+        raise Retry(defer=rerun)
 
 
 async def _hydrate(
@@ -260,34 +431,24 @@ def lease_ms(settings: Settings) -> int:
     return int((settings.job_timeout + 10) * 1000)
 
 
-async def _throttled(coordinator: Coordinator, record: PendingRecord) -> float | None:
-    try:
-        mode, factor = await coordinator.throttle()
-    except CoordinationError:
-        return None
-    return throttle_wait(
-        mode,
-        factor,
-        failed_at_ms=record.failed_at_ms,
-        retry_delay_s=record.retry_delay_s,
-        now_ms=int(time.time() * 1000),
-    )
+async def _release(coordinator: Coordinator, records: Sequence[PendingRecord]) -> None:
+    for record in records:
+        with contextlib.suppress(CoordinationError):
+            await asyncio.shield(coordinator.release_lease(record))
 
 
-async def _release(coordinator: Coordinator, record: PendingRecord) -> None:
-    with contextlib.suppress(CoordinationError):
-        await asyncio.shield(coordinator.release_lease(record))
-
-
-def worker_function(settings: Settings) -> Function:
-    return func(
-        apply_record,
-        name=JOB_FUNCTION,
-        # Tries are counted per record in Redis (a throttled wait is not a try);
-        # arq's own limit must never end a record's job.
-        max_tries=ARQ_MAX_TRIES,
-        timeout=settings.job_timeout,
-    )
+def worker_functions(settings: Settings) -> list[Function]:
+    return [
+        func(
+            function,
+            name=name,
+            # Tries are counted per record in Redis (a throttled wait is not a try);
+            # arq's own limit must never end a record's job.
+            max_tries=ARQ_MAX_TRIES,
+            timeout=settings.job_timeout,
+        )
+        for function, name in ((apply_records, JOB_FUNCTION), (apply_record, LEGACY_JOB_FUNCTION))
+    ]
 
 
 async def create_arq_pool(settings: Settings) -> ArqRedis:
@@ -315,7 +476,7 @@ def build_worker(
     """An arq worker for the record jobs, sharing the process's Redis pool and store."""
     return Worker(
         functions=[
-            worker_function(settings),
+            *worker_functions(settings),
             func(
                 resync_topic,
                 name=RESYNC_FUNCTION,

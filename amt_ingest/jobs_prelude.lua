@@ -1,28 +1,44 @@
--- Shared by the scripts that hand a record to a job (prepended to each of them).
+-- Shared by the scripts that hand records to a job (prepended to each of them).
 --
 -- now_ms(): Redis server time in milliseconds, as a string of digits.
--- enqueue(queue, job_id, ttl_ms, fn, args[, now]): queue an arq job (JSON serializer).
--- new_job(rec, queue, ttl_ms, fn, topic, record_id[, now]): a fresh job id owns the
--- record and an arq job for it is queued (arq's job key and queue entry,
--- written here so that state change and enqueue are one atomic step).
+-- enqueue(queue, job_id, ttl_ms, fn, args[, now[, due]]): queue an arq job (JSON
+--   serializer), to run at ``due`` (ms) or at once.
+-- next_job_id(): a fresh job id.
+-- start_job(job_id, recs, ids, queue, ttl_ms, fn[, now[, due]]): the job owns the
+--   records (keys ``recs``, ``ids`` = {{topic, record id}, ...}), they count as
+--   pending (amt:pending), and its arq job is queued: state change and enqueue
+--   are one atomic step.
+-- new_job(rec, queue, ttl_ms, fn, topic, record_id[, now]): start_job for one record.
+
+local PENDING = 'amt:pending'
 
 local function now_ms()
   local t = redis.call('TIME')
   return t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
 end
 
-local function enqueue(queue, job_id, ttl_ms, fn, args, at)
+local function enqueue(queue, job_id, ttl_ms, fn, args, at, due)
   local now = at or now_ms()
   redis.call('PSETEX', 'arq:job:' .. job_id, ttl_ms,
     '{"t":null,"f":' .. cjson.encode(fn) .. ',"a":' .. cjson.encode(args) ..
     ',"k":{},"et":' .. now .. '}')
-  redis.call('ZADD', queue, now, job_id)
+  redis.call('ZADD', queue, due or now, job_id)
+end
+
+local function next_job_id()
+  return 'r:' .. redis.call('INCR', 'amt:jobseq')
+end
+
+local function start_job(job_id, recs, ids, queue, ttl_ms, fn, at, due)
+  for i = 1, #recs do
+    redis.call('HSET', recs[i], 'job', job_id)
+    redis.call('SADD', PENDING, recs[i])
+  end
+  enqueue(queue, job_id, ttl_ms, fn, {ids}, at, due)
 end
 
 local function new_job(rec, queue, ttl_ms, fn, topic, record_id, at)
-  local job_id = 'r:' .. redis.call('INCR', 'amt:jobseq')
-  redis.call('HSET', rec, 'job', job_id)
-  enqueue(queue, job_id, ttl_ms, fn, {topic, record_id}, at)
+  local job_id = next_job_id()
+  start_job(job_id, {rec}, {{topic, record_id}}, queue, ttl_ms, fn, at)
   return job_id
 end
-

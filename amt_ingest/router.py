@@ -42,10 +42,11 @@ log = structlog.get_logger("amt_ingest.router")
 
 @dataclass(slots=True)
 class RouteReport:
-    """Outcome counts of one routed batch (``first``, ``duplicate``, ``stale``, ``filtered``)."""
+    """Outcome counts of one routed batch (``first``, ``duplicate``, ``stale``, ``filtered``)
+    and the records it handed to jobs."""
 
     outcomes: Counter[str] = field(default_factory=Counter)
-    jobs_created: int = 0
+    scheduled: int = 0
 
 
 def split_by_org(
@@ -65,7 +66,7 @@ class Router:
         *,
         allowed_orgs: Sequence[str] = (),
         orgs: OrgFilter | None = None,
-        max_queued_jobs: int = 20_000,
+        max_pending_records: int = 20_000,
         capacity_poll_s: float = 0.25,
         telemetry: Telemetry | None = None,
         track_one_path: bool = False,
@@ -76,34 +77,34 @@ class Router:
         self.track_one_path = track_one_path
         # ``orgs`` (environment and table) replaces ``allowed_orgs`` (environment only).
         self.orgs = orgs if orgs is not None else OrgFilter(allowed_orgs)
-        self.max_queued_jobs = max_queued_jobs
+        self.max_pending_records = max_pending_records
         self.capacity_poll_s = capacity_poll_s
         self.paused = False
 
     async def wait_for_capacity(self, stop: asyncio.Event | None = None) -> None:
-        """Return once the job queue is below its high-water mark.
+        """Return once the records pending in Redis are below the high-water mark.
 
         Sources call this before taking more input, so that slow workers, a slow
         database or a down one slow intake down (credits withheld, polling
         paused) instead of queueing without limit. Returns early once ``stop`` is
         set; raises :class:`~amt_ingest.errors.CoordinationError` if Redis fails.
         """
-        if self.coordinator.last_queue_depth < self.max_queued_jobs:
+        if self.coordinator.last_pending < self.max_pending_records:
             return
-        while await self.coordinator.queue_depth() >= self.max_queued_jobs:
+        while await self.coordinator.pending_records() >= self.max_pending_records:
             if stop is not None and stop.is_set():
                 return
             if not self.paused:
                 self.paused = True
                 log.warning(
                     "intake_paused",
-                    queued_jobs=self.coordinator.last_queue_depth,
-                    high_water=self.max_queued_jobs,
+                    pending_records=self.coordinator.last_pending,
+                    high_water=self.max_pending_records,
                 )
             await asyncio.sleep(self.capacity_poll_s)
         if self.paused:
             self.paused = False
-            log.info("intake_resumed", queued_jobs=self.coordinator.last_queue_depth)
+            log.info("intake_resumed", pending_records=self.coordinator.last_pending)
 
     async def route(self, events: Sequence[Event], *, path: str) -> RouteReport:
         """Hand a batch off durably; raises :class:`~amt_ingest.errors.CoordinationError`
@@ -153,7 +154,7 @@ class Router:
         metrics = self.telemetry.metrics
         for event, result, span in zip(kept, results, spans, strict=True):
             report.outcomes[result.outcome] += 1
-            report.jobs_created += result.jobs_created
+            report.scheduled += result.scheduled
             counts[(path, event.topic, result.outcome)] += 1
             span.set_attribute("amt.outcome", result.outcome)
             if result.outcome == "duplicate":

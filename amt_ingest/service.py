@@ -162,12 +162,14 @@ async def run_service(
         stack.push_async_callback(store.close)
         await _prepare_database(settings, store)
         telemetry.instrument_engine(store.engine)
-        coordinator = Coordinator(redis, dedup_ttl=settings.dedup_ttl_seconds)
+        coordinator = Coordinator(
+            redis, dedup_ttl=settings.dedup_ttl_seconds, job_batch=settings.job_batch
+        )
         orgs = OrgFilter(settings.allowed_org_ids, source=store, ttl_s=settings.orgs_cache_s)
         router = Router(
             coordinator,
             orgs=orgs,
-            max_queued_jobs=settings.max_queued_jobs,
+            max_pending_records=settings.max_pending_records,
             telemetry=telemetry,
             track_one_path=sources and bool(settings.sqs_queue_urls),
         )

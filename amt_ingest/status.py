@@ -73,6 +73,7 @@ def build_view(
     gauges: dict[str, str] = current["gauges"]
     depths = {k.removeprefix("depth:"): int(v) for k, v in gauges.items() if k.startswith("depth:")}
     depths["arq"] = current["queued_jobs"]
+    depths["pending_records"] = current["pending_records"]
     lags = current["lags_ms"]
     websocket: dict[str, Any] = {}
     if "ws:connected" in gauges:

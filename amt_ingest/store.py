@@ -13,7 +13,7 @@ The tables are created by the migrations (:mod:`amt_ingest.migrations`), never b
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -31,6 +31,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     event,
     select,
@@ -45,7 +46,15 @@ from .errors import FencedError, StoreError
 from .events import TOPICS
 from .merge import StoredRecord, merge
 
-__all__ = ["ALLOWED_ORG", "TABLES", "AllowedOrg", "ApplyResult", "Store", "TableSpec"]
+__all__ = [
+    "ALLOWED_ORG",
+    "TABLES",
+    "AllowedOrg",
+    "ApplyItem",
+    "ApplyResult",
+    "Store",
+    "TableSpec",
+]
 
 metadata = MetaData()
 _Json = JSON().with_variant(JSONB(), "postgresql")
@@ -189,6 +198,17 @@ class ApplyResult:
     created: bool
 
 
+@dataclass(frozen=True, slots=True)
+class ApplyItem:
+    """One record's changes for :meth:`Store.apply_many`."""
+
+    topic: str
+    record_id: str
+    org_id: str
+    changes: dict[str, tuple[str, Any]]
+    fence: int = 0
+
+
 class Store:
     """The database behind one engine. Create with :meth:`open`, close with :meth:`close`."""
 
@@ -261,6 +281,99 @@ class Store:
                 raise StoreError(f"{topic} {record_id}: {exc}") from exc
         raise AssertionError("unreachable")
 
+    async def apply_many(
+        self, items: Sequence[ApplyItem]
+    ) -> list[ApplyResult | FencedError | StoreError]:
+        """Merge the changes of several records (distinct ones) in one transaction.
+
+        Returns one outcome per item, in order: its result, or the error that kept
+        it from being written (:class:`FencedError` as in :meth:`apply`). When the
+        shared transaction fails, each record is written in a transaction of its
+        own, so that one bad record does not hold back the others.
+        """
+        if len(items) == 1:
+            item = items[0]
+            try:
+                return [
+                    await self.apply(
+                        item.topic, item.record_id, item.org_id, item.changes, fence=item.fence
+                    )
+                ]
+            except (FencedError, StoreError) as exc:
+                return [exc]
+        for attempt in (1, 2):
+            try:
+                return await self._apply_batch(items)
+            except IntegrityError:
+                # Another writer inserted one of the rows first; the second pass updates it.
+                if attempt == 2:
+                    break
+            except (SQLAlchemyError, OSError):
+                break
+        outcomes: list[ApplyResult | FencedError | StoreError] = []
+        for item in items:
+            try:
+                outcomes.append(
+                    await self.apply(
+                        item.topic, item.record_id, item.org_id, item.changes, fence=item.fence
+                    )
+                )
+            except (FencedError, StoreError) as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    async def _apply_batch(
+        self, items: Sequence[ApplyItem]
+    ) -> list[ApplyResult | FencedError | StoreError]:
+        outcomes: list[ApplyResult | FencedError | StoreError | None] = [None] * len(items)
+        by_topic: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            by_topic.setdefault(item.topic, []).append(i)
+        async with self.engine.begin() as conn:
+            for topic in sorted(by_topic):
+                spec = TABLES[topic]
+                t = spec.table
+                group = by_topic[topic]
+                # Rows are locked in id order: concurrent runs never wait on each other in a cycle.
+                rows = {
+                    row.id: row
+                    for row in await conn.execute(
+                        select(
+                            t.c.id, t.c.org_id, t.c.fields, t.c.positions, t.c.deleted, t.c.fence
+                        )
+                        .where(t.c.id.in_([items[i].record_id for i in group]))
+                        .order_by(t.c.id)
+                        .with_for_update()
+                    )
+                }
+                inserts: list[dict[str, Any]] = []
+                updates: list[dict[str, Any]] = []
+                for i in group:
+                    item = items[i]
+                    row = rows.get(item.record_id)
+                    if row is not None and item.fence < row.fence:
+                        outcomes[i] = FencedError(
+                            f"{topic} {item.record_id}: fence {item.fence} "
+                            f"is below the row's {row.fence}"
+                        )
+                        continue
+                    result = merge(_stored(row), item.changes, org_id=item.org_id)
+                    outcomes[i] = ApplyResult(result.applied, result.stale, created=row is None)
+                    if result.applied == 0:
+                        continue
+                    values = _row_values(spec, result.record)
+                    values["fence"] = max(item.fence, row.fence if row is not None else 0)
+                    if row is None:
+                        inserts.append({"id": item.record_id, **values})
+                    else:
+                        updates.append({"row_id": item.record_id, **values})
+                if inserts:
+                    await conn.execute(t.insert(), inserts)
+                if updates:
+                    await conn.execute(t.update().where(t.c.id == bindparam("row_id")), updates)
+        assert all(outcome is not None for outcome in outcomes)
+        return [outcome for outcome in outcomes if outcome is not None]
+
     async def _apply_once(
         self,
         spec: TableSpec,
@@ -282,17 +395,7 @@ class Store:
                 raise FencedError(
                     f"{spec.topic} {record_id}: fence {fence} is below the row's {row.fence}"
                 )
-            current = (
-                StoredRecord(
-                    org_id=row.org_id,
-                    fields=dict(row.fields),
-                    positions=dict(row.positions),
-                    deleted=row.deleted,
-                )
-                if row is not None
-                else None
-            )
-            result = merge(current, changes, org_id=org_id)
+            result = merge(_stored(row), changes, org_id=org_id)
             if result.applied == 0:
                 return ApplyResult(0, result.stale, created=False)
             values = _row_values(spec, result.record)
@@ -382,6 +485,17 @@ class Store:
                         "deleted": bool(row.deleted),
                         "fields": dict(row.fields),
                     }
+
+
+def _stored(row: Any) -> StoredRecord | None:
+    if row is None:
+        return None
+    return StoredRecord(
+        org_id=row.org_id,
+        fields=dict(row.fields),
+        positions=dict(row.positions),
+        deleted=row.deleted,
+    )
 
 
 def _allowed_org(row: Any) -> AllowedOrg:

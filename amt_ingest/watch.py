@@ -75,6 +75,7 @@ class Watcher:
         overview = await self.coordinator.overview()
         depths: dict[str, int] = {
             "arq": overview["queued_jobs"],
+            "pending_records": overview["pending_records"],
             "dead_records": overview["dead_records"],
             "retrying_records": overview["retrying_records"],
         }

@@ -576,7 +576,7 @@ class Bench:
             "applied_records": applied,
             "seconds": round(elapsed, 1),
             "queue_depth_max": max(depth, default=0),
-            "high_water_mark": references.DEFAULTS["max_queued_jobs"],
+            "high_water_mark": references.DEFAULTS["max_pending_records"],
             **({k: round(v, 1) for k, v in asdict(shape).items() if k != "flat"} if shape else {}),
             "samples_mb": [round(v, 1) for _, v in samples],
         }

@@ -1,12 +1,12 @@
 """The Passport WebSocket listener (Passport Stream Protocol v1, PROTOCOL.md section 2).
 
 One connection at a time. The reader task only reads frames, parses them and
-queues ``events`` frames; the hand-off task routes each frame's events, dead-
-letters its bad ones, then saves the cursor (the last replay id of the frame)
-and grants as many credits as the frame used. So the cursor never passes an
-event that is not in Redis, and Passport never has more events in flight than
-the credits granted: when Redis or the router slow down, credits stop and so
-does the stream.
+queues ``events`` frames; the hand-off task takes every frame queued so far,
+routes their events, dead-letters their bad ones, then saves the cursor (the
+last replay id of the last frame) and grants as many credits as the frames
+used. So the cursor never passes an event that is not in Redis, and Passport
+never has more events in flight than the credits granted: when Redis or the
+router slow down, credits stop and so does the stream.
 
 Reconnects use capped exponential backoff with jitter; the backoff resets only
 after a connection stayed up for ``stable_after`` seconds, so a server that
@@ -375,27 +375,32 @@ class WebSocketListener:
     ) -> None:
         tracer = self.router.telemetry.tracer
         while not closing.is_set():
-            frame, received_ns = await frames.get()
-            # Credits for this frame are granted only after its hand-off: waiting
-            # here is what stops Passport when the workers fall behind.
+            batch = [await frames.get()]
+            # Frames that came in meanwhile go with it: one hand-off, one cursor
+            # write and one credit message for all of them (bounded by the credits).
+            while not frames.empty():
+                batch.append(frames.get_nowait())
+            # Credits for these frames are granted only after their hand-off:
+            # waiting here is what stops Passport when the workers fall behind.
             await self.router.wait_for_capacity()
+            items = [item for frame, _ in batch for item in frame.items]
             with tracer.start_as_current_span(
                 "receive passport",
                 kind=SpanKind.CLIENT,
-                start_time=received_ns,
+                start_time=batch[0][1],
                 attributes={
                     "messaging.system": "passport",
                     "messaging.operation.type": "receive",
                     "messaging.operation.name": "receive",
                     "messaging.destination.name": "passport",
-                    "messaging.batch.message_count": len(frame.items),
+                    "messaging.batch.message_count": len(items),
                 },
             ):
-                await self._hand_off_frame(ws, frame)
+                await self._hand_off_items(ws, items)
 
-    async def _hand_off_frame(self, ws: ClientConnection, frame: EventsFrame) -> None:
-        events = [item for item in frame.items if isinstance(item, Event)]
-        rejected = [item for item in frame.items if isinstance(item, Rejected)]
+    async def _hand_off_items(self, ws: ClientConnection, items: list[Event | Rejected]) -> None:
+        events = [item for item in items if isinstance(item, Event)]
+        rejected = [item for item in items if isinstance(item, Rejected)]
         for bad in rejected:
             log.warning(
                 "ws_event_rejected",
@@ -410,7 +415,7 @@ class WebSocketListener:
             await self.coordinator.count(Counter(f"rejected:ws:{b.reason}" for b in rejected))
         if events:
             await self.router.route(events, path="ws")
-        last = next((i.replay_id for i in reversed(frame.items) if i.replay_id), None)
+        last = next((i.replay_id for i in reversed(items) if i.replay_id), None)
         with self.router.telemetry.tracer.start_as_current_span(
             "settle passport",
             kind=SpanKind.CLIENT,
@@ -419,7 +424,7 @@ class WebSocketListener:
                 "messaging.operation.type": "settle",
                 "messaging.operation.name": "credit",
                 "messaging.destination.name": "passport",
-                "messaging.batch.message_count": len(frame.items),
+                "messaging.batch.message_count": len(items),
             },
         ):
             if last is not None:
@@ -431,5 +436,5 @@ class WebSocketListener:
                     org=newest.org_id if newest else None,
                 )
             self.state.events_handed_off += len(events)
-            if frame.items:
-                await ws.send(orjson.dumps({"type": "credit", "n": len(frame.items)}).decode())
+            if items:
+                await ws.send(orjson.dumps({"type": "credit", "n": len(items)}).decode())

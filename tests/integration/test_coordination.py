@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 import uuid
 
 import pytest
 import redis.asyncio as aioredis
 
-from amt_ingest.coordination import INGEST_CHUNK, QUEUE_NAME, Coordinator, record_key
+from amt_ingest.coordination import (
+    INGEST_CHUNK,
+    JOB_FUNCTION,
+    QUEUE_NAME,
+    Coordinator,
+    record_key,
+)
 from amt_ingest.events import Event, parse_event
-from amt_ingest.jobs import apply_record, job_deserializer
+from amt_ingest.jobs import apply_record, apply_records, job_deserializer
 from tests.conftest import SAMPLES
 
 ORG = "00D5g000004ZzABEA0"
@@ -59,12 +66,17 @@ async def coord(redis_url):
 
 
 async def queued_jobs(coord: Coordinator) -> list[tuple[str, list]]:
+    """``(job_id, [topic, record_id])`` per record of each queued job, in queue order."""
     ids = await coord.redis.zrange(QUEUE_NAME, 0, -1)
     jobs = []
     for job_id in ids:
         raw = await coord.redis.get(b"arq:job:" + job_id)
         data = job_deserializer(raw)
-        jobs.append((job_id.decode(), data["a"]))
+        if data["f"] == JOB_FUNCTION:
+            (members,) = data["a"]
+            jobs.extend((job_id.decode(), member) for member in members)
+        else:
+            jobs.append((job_id.decode(), data["a"]))
     return jobs
 
 
@@ -74,8 +86,8 @@ async def claim(coord: Coordinator, job_id: str, topic: str = "Opportunity", rid
     return record
 
 
-async def run_job(coord: Coordinator, store, job_id: str, topic="Opportunity", rid=RID) -> str:
-    ctx = {
+def job_ctx(coord: Coordinator, store, job_id: str) -> dict:
+    return {
         "coordinator": coord,
         "store": store,
         "max_tries": 16,
@@ -83,7 +95,35 @@ async def run_job(coord: Coordinator, store, job_id: str, topic="Opportunity", r
         "job_try": 1,
         "lease_ms": 5000,
     }
-    return await apply_record(ctx, topic, rid)
+
+
+async def mark_started(coord: Coordinator, job_id: str | bytes) -> None:
+    """What arq does before it runs a job: its in-progress key (no record joins it now)."""
+    job = job_id.decode() if isinstance(job_id, bytes) else job_id
+    await coord.redis.set(f"arq:in-progress:{job}", b"1", px=60_000)
+
+
+async def run_job(coord: Coordinator, store, job_id: str, topic="Opportunity", rid=RID) -> str:
+    """Run one record of a job (the job's other records are left to their own runs)."""
+    await mark_started(coord, job_id)
+    return await apply_record(job_ctx(coord, store, job_id), topic, rid)
+
+
+async def run_queued_jobs(coord: Coordinator, store) -> int:
+    """Run every queued record job as a worker would, and the jobs they hand over;
+    returns the runs. Every record must end released or handed over."""
+    runs = 0
+    while job_ids := await coord.redis.zrange(QUEUE_NAME, 0, -1):
+        for job_id in job_ids:
+            await mark_started(coord, job_id)
+            data = job_deserializer(await coord.redis.get(b"arq:job:" + job_id))
+            assert data["f"] == JOB_FUNCTION, data
+            statuses = await apply_records(job_ctx(coord, store, job_id.decode()), *data["a"])
+            assert set(statuses) <= {"released", "handed_over"}, statuses
+            await coord.redis.zrem(QUEUE_NAME, job_id)
+            await coord.redis.delete(b"arq:job:" + job_id, b"arq:in-progress:" + job_id)
+            runs += 1
+    return runs
 
 
 async def test_same_event_on_both_paths_is_applied_once(coord):
@@ -109,7 +149,7 @@ async def test_a_batch_longer_than_one_script_run_is_taken_in_order(coord):
     batch = [*events, events[3]]
     results = await coord.ingest(batch, path="ws")
     assert [r.outcome for r in results] == ["first"] * len(events) + ["duplicate"]
-    assert sum(r.jobs_created for r in results) == 2  # one per record, not per event
+    assert sum(r.scheduled for r in results) == 2  # one per record, not per event
     stats = await coord.stats()
     assert stats["first:ws:Opportunity"] == len(events)
     assert stats["duplicate:ws:Opportunity"] == 1
@@ -124,7 +164,7 @@ async def test_a_batch_longer_than_one_script_run_is_taken_in_order(coord):
 async def test_burst_for_one_record_coalesces_into_one_job(coord):
     events = [make_event(100 + i, {"StageName": f"S{i}", f"F{i}__c": i}) for i in range(50)]
     results = await coord.ingest(events, path="ws")
-    assert sum(r.jobs_created for r in results) == 1
+    assert sum(r.scheduled for r in results) == 1
     ((job_id, args),) = await queued_jobs(coord)
     assert args == ["Opportunity", RID]
     pending = await claim(coord, job_id)
@@ -149,7 +189,7 @@ async def test_event_after_job_read_is_handed_to_a_fresh_job(coord, store):
     assert record is not None
     # The job has read the pending changes; an event arrives now.
     (during,) = await coord.ingest([make_event(200, {"StageName": "B"})], path="ws")
-    assert during.jobs_created == 0  # the record is owned: no second job
+    assert during.scheduled == 0  # the record is owned: no second job
     await store.apply("Opportunity", RID, record.org_id, record.changes)
     status, job2 = await coord.complete(record, job1)
     assert status == "handed_over" and job2 != job1
@@ -163,11 +203,11 @@ async def test_event_after_completion_gets_a_new_job(coord, store):
     await coord.ingest([make_event(100, {"StageName": "A"})], path="ws")
     ((job1, _),) = await queued_jobs(coord)
     assert await run_job(coord, store, job1) == "released"
-    # arq has not yet marked job1 finished (its job key still exists): arq's own
-    # _job_id dedup would drop this event; the fresh id does not.
+    # arq has not yet marked job1 finished (its job key and in-progress key still
+    # exist): arq's own _job_id dedup would drop this event; the fresh id does not.
     assert await coord.redis.exists(f"arq:job:{job1}")
     (after,) = await coord.ingest([make_event(200, {"StageName": "B"})], path="sqs")
-    assert after.jobs_created == 1
+    assert after.scheduled == 1
     jobs = [j for j, _ in await queued_jobs(coord)]
     job2 = next(j for j in jobs if j != job1)
     assert await run_job(coord, store, job2) == "released"
@@ -199,7 +239,7 @@ async def test_multi_record_event_schedules_each_record(coord, store):
     ids = ("a0Y5g000003ItM1EAK", "a0Y5g000003ItM2EAK", "a0Y5g000003ItM3EAK")
     event = make_event(100, {"Status__c": "Complete"}, record_ids=ids, topic="Application_Item__c")
     (result,) = await coord.ingest([event], path="ws")
-    assert result.jobs_created == 3
+    assert result.scheduled == 3
     for job_id, (topic, rid) in await queued_jobs(coord):
         assert await run_job(coord, store, job_id, topic, rid) == "released"
     rows = [r async for r in store.export()]
@@ -233,7 +273,7 @@ async def test_failing_store_retries_then_dead_letters(coord):
     assert info.value.defer_score >= 31_000
     # A new event arrives while the job backs off: it merges, no new job.
     (during,) = await coord.ingest([make_event(200, {"Name": "N"})], path="sqs")
-    assert during.jobs_created == 0
+    assert during.scheduled == 0
     with pytest.raises(Retry) as info:
         await apply_record({**ctx, "job_try": 2}, "Opportunity", RID)
     assert info.value.defer_score >= 2**4 * 1000 + 30_000
@@ -276,14 +316,52 @@ async def test_arq_worker_runs_the_jobs(coord, store, redis_url):
     finally:
         await pool.aclose()
         await salesforce.aclose()
-    # 20 record jobs, plus the reaper's cron run if a tick fell inside the test.
-    assert worker.jobs_complete in (20, 21) and worker.jobs_failed == 0
+    # The 20 records of one hand-off share one job, plus the reaper's cron run if
+    # a tick fell inside the test.
+    assert worker.jobs_complete in (1, 2) and worker.jobs_failed == 0
     rows = [r async for r in store.export()]
     assert len(rows) == 20
     assert all(
         r["fields"]["StageName"] == "early" and r["fields"]["Name"].startswith("r") for r in rows
     )
     assert await coord.redis.keys("amt:rec:*") == []
+    assert await coord.pending_records() == 0
+
+
+async def test_a_job_queued_by_an_earlier_version_still_runs(coord, store, redis_url):
+    """Jobs of one record (``apply_record(topic, record_id)``) queued before an
+    upgrade are run by the worker of this version."""
+    from amt_ingest.config import Settings
+    from amt_ingest.coordination import LEGACY_JOB_FUNCTION
+    from amt_ingest.jobs import build_worker, create_arq_pool
+    from amt_ingest.salesforce import SalesforceClient
+
+    await coord.ingest([make_event(100, {"StageName": "A"})], path="ws")
+    ((job, _),) = await queued_jobs(coord)
+    raw = json.loads(await coord.redis.get(f"arq:job:{job}"))
+    raw.update(f=LEGACY_JOB_FUNCTION, a=["Opportunity", RID])
+    await coord.redis.set(f"arq:job:{job}", json.dumps(raw))
+    settings = Settings(redis_url=redis_url)
+    salesforce = SalesforceClient("http://127.0.0.1:1", token=lambda: "unused")
+    pool = await create_arq_pool(settings)
+    worker = build_worker(
+        settings,
+        pool=pool,
+        coordinator=coord,
+        store=store,
+        salesforce=salesforce,
+        handle_signals=False,
+        burst=True,
+    )
+    try:
+        await worker.main()
+    finally:
+        await pool.aclose()
+        await salesforce.aclose()
+    assert worker.jobs_failed == 0
+    (row,) = [r async for r in store.export()]
+    assert row["fields"] == {"StageName": "A"}
+    assert await coord.pending_records() == 0
 
 
 async def test_reaper_recovers_a_record_whose_job_vanished(coord, store):
@@ -346,7 +424,7 @@ async def test_concurrent_routers_on_one_record_schedule_one_job(redis_url, stor
     flat = [r for batch in results for r in batch]
     assert sum(r.outcome == "first" for r in flat) + sum(r.outcome == "stale" for r in flat) == 200
     assert sum(r.outcome == "duplicate" for r in flat) == 200
-    assert sum(r.jobs_created for r in flat) == 1
+    assert sum(r.scheduled for r in flat) == 1
     ((job, _),) = await queued_jobs(coords[0])
     assert await run_job(coords[0], store, job) == "released"
     (row,) = [r async for r in store.export()]
@@ -511,3 +589,171 @@ async def test_a_killed_workers_jobs_rerun_after_the_record_job_timeout(redis_ur
         await pool.aclose()
         await salesforce.aclose()
         await store.close()
+
+
+# --- batches: one job run applies the records of one hand-off ------------------------
+
+
+def rids(n: int) -> list[str]:
+    return [f"0065g00000BaTc{i:04d}" for i in range(n)]
+
+
+async def test_records_of_one_hand_off_share_jobs_up_to_the_batch_size(redis_url, store):
+    client = aioredis.Redis.from_url(redis_url)
+    coord = Coordinator(client, dedup_ttl=3600, job_batch=2)
+    events = [
+        make_event(100 + i, {"Name": f"n{i}"}, record_ids=(rid,)) for i, rid in enumerate(rids(5))
+    ]
+    results = await coord.ingest(events, path="ws")
+    assert [r.scheduled for r in results] == [1] * 5
+    jobs: dict[str, list[str]] = {}
+    for job_id, (_, rid) in await queued_jobs(coord):
+        jobs.setdefault(job_id, []).append(rid)
+    assert sorted(len(members) for members in jobs.values()) == [1, 2, 2]
+    assert await coord.pending_records() == 5
+    assert await run_queued_jobs(coord, store) == 3
+    rows = [r async for r in store.export()]
+    assert sorted(r["id"] for r in rows) == rids(5)
+    assert await coord.pending_records() == 0
+    await client.aclose()
+
+
+async def test_a_batch_claim_takes_nothing_while_another_run_holds_a_record(coord):
+    ids = rids(2)
+    await coord.ingest(
+        [make_event(100, {"Name": "x"}, record_ids=(rid,)) for rid in ids], path="ws"
+    )
+    ((job, _), (same, _)) = await queued_jobs(coord)
+    assert job == same
+    members = [("Opportunity", rid) for rid in ids]
+    first = await coord.claim("Opportunity", ids[1], job, token="run-1", lease_ms=60_000)
+    assert first is not None and not isinstance(first, int)
+    busy = await coord.claim_batch(members, job, token="run-2", lease_ms=60_000)
+    assert isinstance(busy, int) and 0 < busy <= 60_000
+    # No lease was taken on the free record: a third run could claim it.
+    assert await coord.redis.get(f"amt:lease:Opportunity:{ids[0]}") is None
+
+
+async def test_one_bad_record_does_not_hold_back_its_batch(redis_url):
+    """The shared transaction fails on one record: each record is then written on its
+    own; the good ones are applied and released, the bad one retried by its job."""
+    from arq import Retry
+
+    from amt_ingest.store import Store, metadata
+    from tests.conftest import POSTGRES_URL
+
+    client = aioredis.Redis.from_url(redis_url)
+    coord = Coordinator(client, dedup_ttl=3600)
+    pg = Store.open(POSTGRES_URL)
+    async with pg.engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+    await pg.ensure_schema()
+    good, bad = rids(3)[:2], rids(3)[2]
+    events = [make_event(100, {"Name": "fine"}, record_ids=(rid,)) for rid in good]
+    # account_id is VARCHAR(18): PostgreSQL refuses this value.
+    events.append(make_event(100, {"AccountId": "0015g" * 8}, record_ids=(bad,)))
+    await coord.ingest(events, path="ws")
+    ((job, _), *_) = await queued_jobs(coord)
+    members = [["Opportunity", rid] for rid in (*good, bad)]
+    with pytest.raises(Retry) as info:
+        await apply_records(job_ctx(coord, pg, job), members)
+    assert info.value.defer_score >= 30_000  # the first retry's delay
+    rows = [r async for r in pg.export()]
+    assert sorted(r["id"] for r in rows) == good
+    record = await claim(coord, job, rid=bad)  # still this job's, arq reruns it
+    assert record.failures == 1
+    assert await coord.redis.zscore("amt:retrying", record_key("Opportunity", bad)) is not None
+    assert await coord.pending_records() == 1
+    await pg.close()
+    await client.aclose()
+
+
+async def test_failures_of_different_counts_move_to_jobs_of_their_own(coord):
+    from amt_ingest.store import Store
+
+    ids = rids(2)
+    await coord.ingest(
+        [make_event(100, {"Name": "x"}, record_ids=(rid,)) for rid in ids], path="ws"
+    )
+    ((job, _), _) = await queued_jobs(coord)
+    # The second record has failed three times before (its earlier job was retried).
+    await coord.redis.hset(record_key("Opportunity", ids[1]), "fail", 3)
+    down = Store.open("postgresql+asyncpg://postgres@127.0.0.1:1/test")
+    before_ms = int(time.time() * 1000)
+    statuses = await apply_records(job_ctx(coord, down, job), [["Opportunity", rid] for rid in ids])
+    assert statuses == {"moved": 2}  # no rerun of this job
+    await down.close()
+    queued = await coord.redis.zrange(QUEUE_NAME, 0, -1, withscores=True)
+    fresh = {job_id.decode(): score for job_id, score in queued if job_id.decode() != job}
+    assert len(fresh) == 2
+    failures = {}
+    for rid in ids:
+        owner = (await coord.redis.hget(record_key("Opportunity", rid), "job")).decode()
+        assert owner in fresh
+        # Due after its own delay: (failures ** 4) + 30 s and more.
+        failures[rid] = int(await coord.redis.hget(record_key("Opportunity", rid), "fail"))
+        assert fresh[owner] >= before_ms + (failures[rid] ** 4 + 30) * 1000
+    assert failures == {ids[0]: 1, ids[1]: 4}
+
+
+async def test_a_throttled_retry_moves_out_and_its_batch_goes_on(coord, store):
+    ids = rids(2)
+    await coord.ingest(
+        [make_event(100, {"Name": "x"}, record_ids=(rid,)) for rid in ids], path="ws"
+    )
+    ((job, _), _) = await queued_jobs(coord)
+    retrying = record_key("Opportunity", ids[0])
+    await coord.redis.hset(
+        retrying, mapping={"fail": 1, "failed_at": int(time.time() * 1000), "retry_delay": 31}
+    )
+    await coord.set_throttle("pause")
+    statuses = await apply_records(job_ctx(coord, store, job), [["Opportunity", r] for r in ids])
+    assert statuses == {"moved": 1, "released": 1}
+    rows = [r async for r in store.export()]
+    assert [r["id"] for r in rows] == [ids[1]]
+    owner = (await coord.redis.hget(retrying, "job")).decode()
+    assert owner != job and int(await coord.redis.hget(retrying, "fail")) == 1  # not a try
+    await coord.set_throttle(None)
+
+
+async def test_the_reaper_forgets_pending_records_that_are_gone(coord):
+    await coord.ingest([make_event(100, {"Name": "x"})], path="ws")
+    assert await coord.pending_records() == 1
+    await coord.redis.delete(record_key("Opportunity", RID))  # an operator's hand
+    assert await coord.reap() == []
+    assert await coord.pending_records() == 0
+
+
+async def test_records_join_the_open_job_until_a_worker_starts_it(redis_url, store):
+    client = aioredis.Redis.from_url(redis_url)
+    coord = Coordinator(client, dedup_ttl=3600, job_batch=3)
+    ids = rids(6)
+
+    async def hand_off(i: int) -> None:
+        await coord.ingest(
+            [make_event(100 + i, {"Name": f"n{i}"}, record_ids=(ids[i],))], path="ws"
+        )
+
+    for i in range(4):  # four hand-offs, no worker yet: one job fills up, then the next
+        await hand_off(i)
+    jobs: dict[str, list[str]] = {}
+    for job_id, (_, rid) in await queued_jobs(coord):
+        jobs.setdefault(job_id, []).append(rid)
+    assert list(jobs.values()) == [ids[:3], ids[3:4]]
+    (first_job, second_job) = jobs
+    # A worker starts the second job (arq's in-progress mark): it takes no more records.
+    await client.set(f"arq:in-progress:{second_job}", b"1", px=5000)
+    await hand_off(4)
+    # A job arq will retry later (its retry counter exists) takes none either.
+    third_job = (await queued_jobs(coord))[-1][0]
+    assert third_job not in (first_job, second_job)
+    await client.set(f"arq:retry:{third_job}", 1, px=5000)
+    await hand_off(5)
+    fourth_job = (await queued_jobs(coord))[-1][0]
+    assert fourth_job != third_job
+    await client.delete(f"arq:in-progress:{second_job}", f"arq:retry:{third_job}")
+    # Every record joined exactly one job, and each is applied once.
+    assert await run_queued_jobs(coord, store) == 4
+    assert sorted([r["id"] async for r in store.export()]) == ids
+    assert await coord.pending_records() == 0
+    await client.aclose()

@@ -214,10 +214,10 @@ async def test_overflow_resyncs_the_type_from_its_commit_time(sim, coord, store)
         cut = sorted(modstamps.values())[len(modstamps) // 2]
         overflow = overflow_event("External_Attachment__c", cut)
         (result,) = await coord.ingest([overflow], path="ws")
-        assert result.outcome == "first" and result.jobs_created == 1
+        assert result.outcome == "first" and result.scheduled == 1
         # The same overflow on the other path starts nothing more.
         (again,) = await coord.ingest([overflow], path="sqs")
-        assert again.outcome == "duplicate" and again.jobs_created == 0
+        assert again.outcome == "duplicate" and again.scheduled == 0
         outcomes = await run_queue(coord, store, client)
     finally:
         await client.aclose()

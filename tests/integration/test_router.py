@@ -34,8 +34,8 @@ async def test_other_orgs_are_filtered_and_counted(coord):
     assert len(await queued_jobs(coord)) == 1
 
 
-async def test_intake_waits_while_the_job_queue_is_full(coord, store):
-    router = Router(coord, max_queued_jobs=3, capacity_poll_s=0.02)
+async def test_intake_waits_while_too_many_records_are_pending(coord, store):
+    router = Router(coord, max_pending_records=3, capacity_poll_s=0.02)
     events = [
         make_event(100, {"Name": f"n{i}"}, record_ids=(f"0065g00000AbCd{i:04d}",)) for i in range(3)
     ]
@@ -43,7 +43,7 @@ async def test_intake_waits_while_the_job_queue_is_full(coord, store):
     waiter = asyncio.create_task(router.wait_for_capacity())
     await asyncio.sleep(0.2)
     assert not waiter.done() and router.paused
-    # Workers catch up: one job runs and leaves the queue.
+    # Workers catch up: one record is applied and leaves the pending set.
     job_id, (topic, rid) = (await queued_jobs(coord))[0]
     assert await run_job(coord, store, job_id, topic, rid) == "released"
     await coord.redis.zrem("amt:queue", job_id)
@@ -52,7 +52,7 @@ async def test_intake_waits_while_the_job_queue_is_full(coord, store):
 
 
 async def test_wait_for_capacity_returns_on_stop(coord):
-    router = Router(coord, max_queued_jobs=1, capacity_poll_s=0.02)
+    router = Router(coord, max_pending_records=1, capacity_poll_s=0.02)
     await router.route([make_event(100, {"Name": "x"})], path="ws")
     stop = asyncio.Event()
     waiter = asyncio.create_task(router.wait_for_capacity(stop))

@@ -297,12 +297,12 @@ async def test_partial_delete_failure_is_reported_not_raised(env):
     assert poller.state.deleted == 1
 
 
-async def test_polling_pauses_while_the_job_queue_is_full(env):
+async def test_polling_pauses_while_too_many_records_are_pending(env):
     settings, boot, sqs, coordinator, tmp = env
-    router = Router(coordinator, max_queued_jobs=1, capacity_poll_s=0.05)
+    router = Router(coordinator, max_pending_records=1, capacity_poll_s=0.05)
     from tests.integration.test_coordination import make_event
 
-    # One job queued (no worker runs): the queue is at its high-water mark.
+    # One record pending (no worker runs): intake is at its high-water mark.
     await router.route([make_event(100, {"Name": "x"})], path="ws")
     for _ in range(3):
         await sqs.send_message(
@@ -320,7 +320,7 @@ async def test_polling_pauses_while_the_job_queue_is_full(env):
     task = asyncio.create_task(poller.run(stop))
     await asyncio.sleep(1.0)
     assert poller.state.received == 0 and router.paused  # not polling: messages stay in SQS
-    await coordinator.redis.delete("amt:queue")  # the workers caught up
+    await coordinator.redis.delete("amt:pending")  # the workers caught up
     for _ in range(300):
         if poller.state.deleted == 3:
             break

@@ -91,3 +91,42 @@ async def test_values_keep_their_json_types(store):
     (row,) = [r async for r in store.export()]
     assert row["fields"] == fields
     assert type(row["fields"]["Count__c"]) is int
+
+
+async def test_apply_many_writes_a_batch_of_records_as_apply_would(store):
+    """New and existing rows of two types in one transaction, newest wins per field,
+    a stale change and a fenced record reported per item, the others written."""
+    from amt_ingest.errors import FencedError
+    from amt_ingest.store import ApplyItem
+
+    await store.apply("Opportunity", "0065g00000BaTc0001", ORG, {"Name": (pos(5), "kept")})
+    await store.apply("Opportunity", "0065g00000BaTc0002", ORG, {"Name": (pos(1), "x")}, fence=50)
+    outcomes = await store.apply_many(
+        [
+            ApplyItem(
+                "Opportunity",
+                "0065g00000BaTc0001",
+                ORG,
+                {"Name": (pos(4), "older"), "StageName": (pos(4), "S")},
+                fence=10,
+            ),
+            ApplyItem("Opportunity", "0065g00000BaTc0002", ORG, {"Name": (pos(2), "y")}, 10),
+            ApplyItem("Application_Item__c", "a0Y5g000003BaTcEAK", ORG, {"Name": (pos(1), "i")}),
+            ApplyItem("Opportunity", "0065g00000BaTc0003", ORG, {"Amount": (pos(1), 3)}, 10),
+        ]
+    )
+    first, fenced, item, created = outcomes
+    assert (first.applied, first.stale, first.created) == (1, 1, False)
+    assert isinstance(fenced, FencedError)
+    assert item.created and created.created and created.applied == 1
+    rows = {(r["topic"], r["id"]): r["fields"] async for r in store.export()}
+    assert rows == {
+        ("Opportunity", "0065g00000BaTc0001"): {"Name": "kept", "StageName": "S"},
+        ("Opportunity", "0065g00000BaTc0002"): {"Name": "x"},
+        ("Opportunity", "0065g00000BaTc0003"): {"Amount": 3},
+        ("Application_Item__c", "a0Y5g000003BaTcEAK"): {"Name": "i"},
+    }
+    again = await store.apply_many(
+        [ApplyItem("Opportunity", "0065g00000BaTc0003", ORG, {"Amount": (pos(1), 3)}, 11)]
+    )
+    assert again[0].applied == 0  # a replayed batch is a no-op

@@ -29,11 +29,12 @@ from amt_ingest.config import Settings
 from amt_ingest.coordination import QUEUE_NAME, Coordinator
 from amt_ingest.deadletter import DeadLetters
 from amt_ingest.events import parse_event
-from amt_ingest.jobs import apply_record, job_deserializer
+from amt_ingest.jobs import apply_records, job_deserializer
 from amt_ingest.router import Router
 from amt_ingest.telemetry import Telemetry, setup_telemetry
 from amt_ingest.telemetry.tracing import event_trace_id
 from tests.conftest import SAMPLES
+from tests.integration.test_coordination import mark_started
 from tests.integration.test_sqs_poller import drain, make_poller
 from tests.integration.test_websocket import handed_off, rig  # noqa: F401 (fixture)
 
@@ -73,8 +74,9 @@ async def run_jobs(coord: Coordinator, store: Any, telemetry: Telemetry) -> int:
     runs = 0
     while job_ids := await coord.redis.zrange(QUEUE_NAME, 0, -1):
         for job_id in job_ids:
+            await mark_started(coord, job_id)
             raw = await coord.redis.get(b"arq:job:" + job_id)
-            topic, record_id = job_deserializer(raw)["a"]
+            (members,) = job_deserializer(raw)["a"]
             ctx = {
                 "coordinator": coord,
                 "store": store,
@@ -84,11 +86,17 @@ async def run_jobs(coord: Coordinator, store: Any, telemetry: Telemetry) -> int:
                 "lease_ms": 5000,
                 "telemetry": telemetry,
             }
-            assert await apply_record(ctx, topic, record_id) in ("released", "handed_over")
+            statuses = await apply_records(ctx, members)
+            assert set(statuses) <= {"released", "handed_over"}, statuses
             await coord.redis.zrem(QUEUE_NAME, job_id)
-            await coord.redis.delete(b"arq:job:" + job_id)
+            await coord.redis.delete(b"arq:job:" + job_id, b"arq:in-progress:" + job_id)
             runs += 1
     return runs
+
+
+def record_applies(traced: Traced) -> list[ReadableSpan]:
+    """The ``apply <topic>`` spans (one per record a run worked on)."""
+    return [s for s in traced.named("apply ") if s.name != "apply batch"]
 
 
 def eid(name: str) -> str:
@@ -165,16 +173,22 @@ async def test_one_event_on_both_paths_is_one_linked_trace(rig, aws_env, store, 
     assert any(s.parent and s.parent.span_id in receive_ids for s in redis_spans)
     assert all(s.parent is not None for s in redis_spans), "library spans never stand alone"
     # The job that applied it: parent is the first arrival, linked to it, in the same trace.
+    applies = record_applies(traced)
     (job,) = [
-        s
-        for s in traced.named("apply ")
-        if s.attributes["amt.record_id"] == first.attributes["amt.record_id"]
+        s for s in applies if s.attributes["amt.record_id"] == first.attributes["amt.record_id"]
     ]
     assert job.context.trace_id == trace_id
     assert job.parent is not None and job.parent.span_id == first.context.span_id
     assert first.context.span_id in {link.context.span_id for link in job.links}
     assert job.attributes["amt.job_outcome"] == "applied"
-    sql = [s for s in traced.finished() if s.parent and s.parent.span_id == job.context.span_id]
+    # The run's SQL statements are children of the run's span: the record's own
+    # when the run had one record, else the batch span that the record's links.
+    run_span = {
+        link.context.span_id
+        for link in job.links
+        if (link.attributes or {}).get("amt.link") == "job_run"
+    } or {job.context.span_id}
+    sql = [s for s in traced.finished() if s.parent and s.parent.span_id in run_span]
     assert any(s.attributes.get("db.system") in ("sqlite", "postgresql") for s in sql), [
         s.name for s in sql
     ]
@@ -184,7 +198,8 @@ async def test_one_event_on_both_paths_is_one_linked_trace(rig, aws_env, store, 
     topic = first.attributes["amt.topic"]
     assert events[(("outcome", "first"), ("path", "ws"), ("topic", topic))] >= 1
     assert events[(("outcome", "duplicate"), ("path", "sqs"), ("topic", topic))] == 1
-    assert sum(traced.sums("amt.jobs").values()) == runs
+    # One job outcome per record a run applied.
+    assert sum(traced.sums("amt.jobs").values()) == len(applies)
     stats = await r.coord.stats()
     assert stats[f"cross:ws:{topic}"] == 1
     assert len(await r.coord.redis.lrange("amt:lags", 0, -1)) == 1
@@ -210,7 +225,8 @@ async def test_a_coalesced_job_links_every_event(redis_url, store):
     for event in events:  # five batches: the job is created by the first
         await router.route([event], path="ws")
     assert await run_jobs(coord, store, traced.telemetry) == 1
-    (job,) = traced.named("apply ")
+    (job,) = record_applies(traced)
+    assert not traced.named("apply batch")  # a run of one record has no batch span
     process = {s.attributes["amt.event_id"]: s for s in traced.named("process ")}
     assert (
         job.parent is not None and job.parent.span_id == process[eid("coalesce-0")].context.span_id
@@ -260,4 +276,43 @@ async def test_links_of_a_run_are_dropped_and_later_ones_kept(redis_url, store):
     assert links is not None
     assert links.decode()[32:48] == format(process[eid("later-2")].context.span_id, "016x")
     assert b"," not in links
+    await client.aclose()
+
+
+async def test_a_batch_run_has_a_span_that_each_record_links(redis_url, store):
+    """Three records of one hand-off, one run: each record's apply span is in its
+    event's trace and links the run's span, under which the shared SQL runs."""
+    client = aioredis.Redis.from_url(redis_url)
+    coord = Coordinator(client, dedup_ttl=3600)
+    traced = Traced(Settings(redis_url=redis_url))
+    traced.telemetry.instrument_engine(store.engine)
+    router = Router(coord, telemetry=traced.telemetry)
+    base = json.loads((SAMPLES / "event-opportunity-update.json").read_text())
+    events = []
+    for i in range(3):
+        raw = json.loads(json.dumps(base))
+        raw["event_id"] = eid(f"batch-{i}")
+        raw["payload"]["ChangeEventHeader"]["recordIds"] = [f"0065g00000BaTc{i:04d}"]
+        events.append(parse_event(raw))
+    await router.route(events, path="ws")
+    assert await run_jobs(coord, store, traced.telemetry) == 1
+    (batch,) = traced.named("apply batch")
+    assert batch.kind is SpanKind.CONSUMER and batch.parent is None
+    assert batch.attributes["messaging.batch.message_count"] == 3
+    applies = record_applies(traced)
+    assert len(applies) == 3
+    process = {s.attributes["amt.event_id"]: s for s in traced.named("process ")}
+    for i, span in enumerate(sorted(applies, key=lambda s: str(s.attributes["amt.record_id"]))):
+        arrival = process[eid(f"batch-{i}")]
+        assert span.context.trace_id == event_trace_id(eid(f"batch-{i}"))
+        assert span.parent is not None and span.parent.span_id == arrival.context.span_id
+        run_links = [
+            link for link in span.links if (link.attributes or {}).get("amt.link") == "job_run"
+        ]
+        assert [link.context.span_id for link in run_links] == [batch.context.span_id]
+        assert span.attributes["amt.job_outcome"] == "applied"
+    sql = [
+        s for s in traced.finished() if s.attributes.get("db.system") in ("sqlite", "postgresql")
+    ]
+    assert sql and all(s.parent and s.parent.span_id == batch.context.span_id for s in sql)
     await client.aclose()

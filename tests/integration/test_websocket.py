@@ -33,7 +33,6 @@ from amt_ingest.config import Settings
 from amt_ingest.coordination import QUEUE_NAME, Coordinator
 from amt_ingest.deadletter import DeadLetters
 from amt_ingest.events import REASONS, TOPICS
-from amt_ingest.jobs import job_deserializer
 from amt_ingest.router import Router
 from amt_ingest.simulator import Simulator, SimulatorOptions
 from amt_ingest.simulator import server as sim_server
@@ -42,7 +41,7 @@ from amt_ingest.simulator.stream import decode_replay_id, encode_replay_id
 from amt_ingest.simulator.world import WsEvent
 from amt_ingest.sources.websocket import WebSocketListener
 from tests.conftest import SAMPLES
-from tests.integration.test_coordination import run_job
+from tests.integration.test_coordination import run_queued_jobs
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -281,21 +280,6 @@ async def handed_off(running: Running, expected: int) -> None:
     assert state.events_handed_off == expected
 
 
-async def run_queued_jobs(coord: Coordinator, store: Any) -> int:
-    """Run every queued job into ``store`` as a worker would (and jobs they hand over)."""
-    runs = 0
-    while job_ids := await coord.redis.zrange(QUEUE_NAME, 0, -1):
-        for job_id in job_ids:
-            raw = await coord.redis.get(b"arq:job:" + job_id)
-            topic, record_id = job_deserializer(raw)["a"]
-            status = await run_job(coord, store, job_id.decode(), topic, record_id)
-            assert status in ("released", "handed_over"), status
-            await coord.redis.zrem(QUEUE_NAME, job_id)
-            await coord.redis.delete(b"arq:job:" + job_id)
-            runs += 1
-    return runs
-
-
 async def assert_store_matches_truth(rig: Rig, store: Any) -> None:
     await run_queued_jobs(rig.coord, store)
     exported = [row async for row in store.export()]
@@ -329,8 +313,10 @@ async def test_every_live_event_is_handed_off_once_and_applied(rig: RigFactory, 
     await handed_off(running, 300)
     assert running.listener.state.reconnects == 0 and r.attempts == 1
     assert running.listener.state.connected
-    # One job per record, whatever the number of its events (bursts coalesce).
-    assert await r.coord.redis.zcard(QUEUE_NAME) == len(r.sim.world.truth())
+    # One pending record per record, whatever the number of its events (bursts
+    # coalesce), in jobs shared by the records of each hand-off.
+    assert await r.coord.pending_records() == len(r.sim.world.truth())
+    assert 0 < await r.coord.redis.zcard(QUEUE_NAME) <= len(r.sim.world.truth())
     await running.halt()
     assert not running.listener.state.connected
     await assert_store_matches_truth(r, store)
@@ -368,22 +354,26 @@ async def test_credits_withheld_while_the_router_cannot_hand_off(
     policy = CreditCheck(credits)
     r = await rig(events=events, max_batch=1, faults=policy)
     await r.sim.run()
-    # The job queue is "full" after the first hand-off: intake must stop there.
-    router = Router(r.coord, max_queued_jobs=1, capacity_poll_s=0.02)
+    # Intake is at its high-water mark after the first hand-off: it must stop there.
+    router = Router(r.coord, max_pending_records=1, capacity_poll_s=0.02)
     running = r.start(r.settings(ws_credits=credits), router=router)
     policy.listener = running.listener
 
-    # The first event is handed off and its credit granted; the second waits for
-    # capacity; the server sends the initial credits plus the one granted, no more.
-    await until(lambda: policy.frames[1] == credits + 1, what="credits used up")
+    # The first hand-off (the frames queued by then, at least one) is granted its
+    # credits; the next waits for capacity; the server sends the initial credits
+    # plus the ones granted, no more.
+    await until(lambda: router.paused, what="intake paused")
+    handed = running.listener.state.events_handed_off
+    assert 1 <= handed <= credits
+    await until(lambda: policy.frames[1] == credits + handed, what="credits used up")
     await asyncio.sleep(0.3)  # time enough for a leak to show
-    assert policy.frames[1] == credits + 1
-    assert running.listener.state.events_handed_off == 1
-    assert (await r.counts())["first"] == 1
-    assert await r.cursor() == encode_replay_id(1)
+    assert policy.frames[1] == credits + handed
+    assert running.listener.state.events_handed_off == handed
+    assert sum((await r.counts()).values()) == handed
+    assert await r.cursor() == encode_replay_id(handed)
     assert router.paused
 
-    # Workers catch up: intake resumes, one queue slot at a time.
+    # Workers catch up: intake resumes, a hand-off at a time.
     caught_up = asyncio.Event()
 
     async def worker() -> None:

@@ -12,6 +12,7 @@ def overview(stats: dict[str, int], **extra) -> dict:
         "stats": stats,
         "lags_ms": extra.get("lags", []),
         "queued_jobs": extra.get("queued", 0),
+        "pending_records": extra.get("records", 0),
         "retrying_records": extra.get("retrying", 0),
         "dead_records": extra.get("dead", 0),
         "one_path_pending": extra.get("pending", 0),
@@ -42,6 +43,7 @@ def test_rates_totals_and_one_path_by_path_and_topic():
         },
         lags=[100, 200, 300, 5000],
         queued=7,
+        records=90,
         retrying=2,
         dead=1,
         pending=12,
@@ -64,6 +66,7 @@ def test_rates_totals_and_one_path_by_path_and_topic():
     assert view["path_lag_ms"] == {"p50": 200, "p99": 5000, "samples": 4}
     assert view["queues"] == {
         "arq": 7,
+        "pending_records": 90,
         "dlq:amt-ingest-monitor-dlq": 1,
         "sqs:amt-ingest-monitor": 4,
     }
