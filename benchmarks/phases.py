@@ -560,7 +560,7 @@ class Bench:
                 if value is None:
                     raise service.exited()
                 samples.append((now, value))
-                depth.append(int(await self.stack.redis.zcard("amt:queue")))
+                depth.append(int(await self.stack.redis.scard("amt:pending")))
                 await asyncio.sleep(0.5)
             accepted = await self.stack.routed("ws") - first_accepted
             elapsed = time.perf_counter() - began
@@ -575,7 +575,7 @@ class Bench:
             "accepted_eps": round(accepted / elapsed, 1),
             "applied_records": applied,
             "seconds": round(elapsed, 1),
-            "queue_depth_max": max(depth, default=0),
+            "pending_records_max": max(depth, default=0),
             "high_water_mark": references.DEFAULTS["max_pending_records"],
             **({k: round(v, 1) for k, v in asdict(shape).items() if k != "flat"} if shape else {}),
             "samples_mb": [round(v, 1) for _, v in samples],

@@ -78,10 +78,12 @@ def _backlog(env: dict[str, str], queue_url: str, redis_url: str) -> str:
         aws_secret_access_key="testing",
     )
     attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
-    queued = redis.Redis.from_url(redis_url).zcard("amt:queue")
+    client = redis.Redis.from_url(redis_url)
+    queued, pending = client.zcard("amt:queue"), client.scard("amt:pending")
     return (
         f"sqs visible={attrs['ApproximateNumberOfMessages']} "
-        f"in flight={attrs['ApproximateNumberOfMessagesNotVisible']}, arq queued={queued}"
+        f"in flight={attrs['ApproximateNumberOfMessagesNotVisible']}, "
+        f"arq queued={queued}, records pending={pending}"
     )
 
 
