@@ -37,7 +37,7 @@ def test_intake_pauses_memory_stays_flat_and_everything_drains(redis_url, tmp_pa
         "AMT_REDIS_URL": redis_url,
         "AMT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/db.sqlite",
         "AMT_HTTP_PORT": "0",
-        "AMT_MAX_QUEUED_JOBS": "200",
+        "AMT_MAX_PENDING_RECORDS": "200",
         "AMT_WS_CREDITS": "100",
         "AMT_LOG_FORMAT": "json",
         "AMT_LOG_LEVEL": "warning",
@@ -74,7 +74,7 @@ def test_intake_pauses_memory_stays_flat_and_everything_drains(redis_url, tmp_pa
 
     try:
         wait_for(truth.exists, 60, "the simulator's events")
-        wait_for(lambda: client.zcard("amt:queue") >= 200, 60, "the high-water mark")
+        wait_for(lambda: client.scard("amt:pending") >= 200, 60, "the high-water mark")
         time.sleep(1.0)
         paused_at, rss_paused = handed_off(), rss_kb(service.pid)
         time.sleep(4.0)

@@ -51,10 +51,18 @@ def test_settings_from_environment(monkeypatch):
     assert settings.aws_region == "eu-west-1"
 
 
+@pytest.mark.parametrize("name", ["AMT_MAX_PENDING_RECORDS", "AMT_MAX_QUEUED_JOBS"])
+def test_the_high_water_mark_is_read_under_both_names(monkeypatch, name):
+    monkeypatch.setenv(name, "1234")
+    assert load_settings().max_pending_records == 1234
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
         ("AMT_HTTP_PORT", "eighty"),
+        ("AMT_JOB_BATCH", "0"),
+        ("AMT_MAX_PENDING_RECORDS", "0"),
         ("AMT_DATABASE_URL", "mysql://x"),
         ("AMT_REDIS_URL", "localhost:6379"),
         ("AMT_PASSPORT_WS_URL", "http://x"),
