@@ -165,7 +165,14 @@ async def run_job(ctx: dict[str, Any], members: Sequence[tuple[str, str]]) -> li
     finally:
         elapsed = time.perf_counter() - started
         for run in runs:
-            _finish(telemetry, run, elapsed)
+            _end_span(run)
+        # One measurement per outcome group of the run, not per record: the
+        # counter counts records, the histogram the run's duration.
+        groups = Counter((run.record.topic, run.outcome) for run in runs)
+        for (topic, outcome), count in groups.items():
+            attributes = {"topic": topic, "outcome": outcome}
+            telemetry.metrics.jobs.add(count, attributes)
+            telemetry.metrics.job_duration.record(elapsed, attributes)
         if batch is not None:
             batch.set_attribute("amt.outcomes", sorted({run.outcome for run in runs}))
             batch.end()
@@ -201,15 +208,12 @@ def _record_span(
     )
 
 
-def _finish(telemetry: Telemetry, run: _RecordRun, elapsed: float) -> None:
+def _end_span(run: _RecordRun) -> None:
     span = run.span
     span.set_attribute("amt.job_outcome", run.outcome)
     if run.outcome in ("error", "retry", "dead_lettered"):
         span.set_status(StatusCode.ERROR, run.error or run.outcome)
     span.end()
-    attributes = {"topic": run.record.topic, "outcome": run.outcome}
-    telemetry.metrics.jobs.add(1, attributes)
-    telemetry.metrics.job_duration.record(elapsed, attributes)
 
 
 async def _apply_claimed(
