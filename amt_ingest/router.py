@@ -25,6 +25,7 @@ from .events import Event, Rejected
 from .orgs import OrgFilter
 from .policy import org_allowed
 from .telemetry import Telemetry
+from .telemetry.logs import batched_lines
 from .telemetry.tracing import (
     MESSAGING_SYSTEM,
     ROOT,
@@ -151,6 +152,22 @@ class Router:
                 span.end()
             raise
         metrics = self.telemetry.metrics
+        with batched_lines():
+            self._finish(kept, results, spans, path, report, counts)
+        metrics.count_events(counts)
+        return report
+
+    def _finish(
+        self,
+        kept: list[Event],
+        results: list[IngestResult],
+        spans: list[Span],
+        path: str,
+        report: RouteReport,
+        counts: Counter[tuple[str, str, str]],
+    ) -> None:
+        """Each handed-off event's outcome: its span ended, its line logged."""
+        metrics = self.telemetry.metrics
         for event, result, span in zip(kept, results, spans, strict=True):
             report.outcomes[result.outcome] += 1
             report.jobs_created += result.jobs_created
@@ -169,8 +186,6 @@ class Router:
                 )
             span.end()
             _log_outcome(event, result, path, span)
-        metrics.count_events(counts)
-        return report
 
     def note_rejected(self, rejected: Sequence[Rejected], *, path: str) -> None:
         """Record input a source rejected (it dead-letters and logs it): a span
