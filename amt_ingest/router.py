@@ -135,13 +135,11 @@ class Router:
                 counts[(path, event.topic, "filtered")] += 1
             report.outcomes["filtered"] += len(filtered)
         spans = [self._start_span(event, path, batch_links) for event in kept]
+        contexts = [encode_context(span.get_span_context()) for span in spans]
         try:
             results = (
                 await self.coordinator.ingest(
-                    kept,
-                    path=path,
-                    contexts=[encode_context(span.get_span_context()) for span in spans],
-                    track_one_path=self.track_one_path,
+                    kept, path=path, contexts=contexts, track_one_path=self.track_one_path
                 )
                 if kept
                 else []
@@ -153,7 +151,7 @@ class Router:
             raise
         metrics = self.telemetry.metrics
         with batched_lines():
-            self._finish(kept, results, spans, path, report, counts)
+            self._finish(kept, results, spans, contexts, path, report, counts)
         metrics.count_events(counts)
         return report
 
@@ -162,13 +160,14 @@ class Router:
         kept: list[Event],
         results: list[IngestResult],
         spans: list[Span],
+        contexts: list[str],
         path: str,
         report: RouteReport,
         counts: Counter[tuple[str, str, str]],
     ) -> None:
         """Each handed-off event's outcome: its span ended, its line logged."""
         metrics = self.telemetry.metrics
-        for event, result, span in zip(kept, results, spans, strict=True):
+        for event, result, span, context in zip(kept, results, spans, contexts, strict=True):
             report.outcomes[result.outcome] += 1
             report.jobs_created += result.jobs_created
             counts[(path, event.topic, result.outcome)] += 1
@@ -185,7 +184,7 @@ class Router:
                     lag_s, {"first_path": result.first_path, "topic": event.topic}
                 )
             span.end()
-            _log_outcome(event, result, path, span)
+            _log_outcome(event, result, path, span, context)
 
     def note_rejected(self, rejected: Sequence[Rejected], *, path: str) -> None:
         """Record input a source rejected (it dead-letters and logs it): a span
@@ -241,7 +240,7 @@ class Router:
             next_trace_id.reset(token)
 
 
-def _log_outcome(event: Event, result: IngestResult, path: str, span: Span) -> None:
+def _log_outcome(event: Event, result: IngestResult, path: str, span: Span, context: str) -> None:
     extra: dict[str, object] = (
         {"first_path": result.first_path}
         if result.outcome == "duplicate"
@@ -257,5 +256,6 @@ def _log_outcome(event: Event, result: IngestResult, path: str, span: Span) -> N
         path=path,
         outcome=result.outcome,
         **extra,
-        **span_ids(span),
+        # The ids are in the context handed to Redis (when sampled): no second formatting.
+        **({"trace_id": context[:32], "span_id": context[32:48]} if context else span_ids(span)),
     )
