@@ -99,10 +99,13 @@ def _any_value(value: Any) -> bytes:
 
 _KEYS: dict[str, bytes] = {}
 _KEYS_MAX: Final = 1024
-# Encoded fields of string attributes, by (field tag, key, value): most of a span's
-# attributes repeat from span to span (system, operation, topic, path, outcome).
-_STRINGS: dict[tuple[bytes, str, str], bytes] = {}
-_STRINGS_MAX: Final = 4096
+# Encoded fields of string attributes, by field tag, then key, then value: most
+# of a span's attributes repeat from span to span (system, operation, topic,
+# path, outcome). Values of a key that rarely repeat (ids) only churn their
+# own key's entries.
+_STRINGS: dict[bytes, dict[str, dict[str, bytes]]] = {}
+_STRINGS_KEYS_MAX: Final = 1024
+_STRINGS_VALUES_MAX: Final = 256
 
 
 def _key(key: str) -> bytes:
@@ -132,20 +135,26 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     if not attributes:
         return b""
     out: list[bytes] = []
+    strings = _STRINGS.get(tag)
+    if strings is None:
+        strings = _STRINGS.setdefault(tag, {})
     for key, value in _items(attributes):
         if type(value) is str:
-            cached = _STRINGS.get((tag, key, value))
+            by_value = strings.get(key)
+            if by_value is None:
+                if len(strings) >= _STRINGS_KEYS_MAX:
+                    strings.clear()
+                by_value = strings.setdefault(key, {})
+            cached = by_value.get(value)
             if cached is None:
                 try:
-                    cached = _field(
-                        tag, _key(key) + _field(b"\x12", _field(b"\x0a", value.encode()))
-                    )
+                    cached = _field(tag, _key_value(key, value))
                 except Exception as error:
                     _logger.exception("Failed to encode key %s: %s", key, error)
                     continue
-                if len(_STRINGS) >= _STRINGS_MAX:
-                    _STRINGS.clear()
-                _STRINGS[(tag, key, value)] = cached
+                if len(by_value) >= _STRINGS_VALUES_MAX:
+                    by_value.clear()
+                by_value[value] = cached
             out.append(cached)
             continue
         try:
@@ -155,11 +164,14 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     return b"".join(out)
 
 
+_FLAGS_LOCAL: Final = _pack_fixed32(_HAS_IS_REMOTE)
+_FLAGS_REMOTE: Final = _pack_fixed32(_HAS_IS_REMOTE | _IS_REMOTE)
+
+
 def _flags(context: SpanContext | None) -> bytes:
-    flags = _HAS_IS_REMOTE
     if context is not None and context.is_remote:
-        flags |= _IS_REMOTE
-    return _pack_fixed32(flags)
+        return _FLAGS_REMOTE
+    return _FLAGS_LOCAL
 
 
 def _trace_state(context: SpanContext) -> str:
@@ -169,18 +181,52 @@ def _trace_state(context: SpanContext) -> str:
     return ",".join(f"{key}={value}" for key, value in state.items())
 
 
-def _link(link: Link) -> bytes:
+# Encoded Link fields without attributes, by context: every process span of a
+# batch links to the batch's receive span.
+_BARE_LINKS: dict[tuple[int, int, bool], bytes] = {}
+_BARE_LINKS_MAX: Final = 1024
+
+
+def _link_field(link: Link) -> bytes:
+    """A span's links field (13) for one link."""
     context = link.context
+    attributes = link.attributes
+    bare = not attributes and not link.dropped_attributes
+    if bare:
+        key = (context.trace_id, context.span_id, context.is_remote)
+        cached = _BARE_LINKS.get(key)
+        if cached is not None:
+            return cached
     # The SDK's encoder leaves a link's trace_state out: so does this one.
     parts = [
         b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
         b"\x12\x08" + context.span_id.to_bytes(8, "big"),
-        _attributes(b"\x22", link.attributes),
+        _attributes(b"\x22", attributes),
     ]
     if link.dropped_attributes:
         parts.append(b"\x28" + _varint(link.dropped_attributes))
     parts.append(b"\x35" + _flags(context))
-    return b"".join(parts)
+    encoded = _field(b"\x6a", b"".join(parts))
+    if bare:
+        if len(_BARE_LINKS) >= _BARE_LINKS_MAX:
+            _BARE_LINKS.clear()
+        _BARE_LINKS[key] = encoded
+    return encoded
+
+
+# Name and kind fields, by (name, kind): a handful of span names recur.
+_HEADS: dict[tuple[str, int], bytes] = {}
+_HEADS_MAX: Final = 1024
+_EMPTY_STATUS: Final = b"\x7a\x00"
+
+
+def _head(name: str, kind: int) -> bytes:
+    head = _HEADS.get((name, kind))
+    if head is None:
+        head = (_field(b"\x2a", name.encode()) if name else b"") + b"\x30" + _varint(kind + 1)
+        if len(_HEADS) < _HEADS_MAX:
+            _HEADS[(name, kind)] = head
+    return head
 
 
 def _span(span: ReadableSpan) -> bytes:
@@ -191,14 +237,11 @@ def _span(span: ReadableSpan) -> bytes:
         b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
         b"\x12\x08" + context.span_id.to_bytes(8, "big"),
     ]
-    state = _trace_state(context)
-    if state:
-        parts.append(_field(b"\x1a", state.encode()))
+    if context.trace_state:
+        parts.append(_field(b"\x1a", _trace_state(context).encode()))
     if parent is not None:
         parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    if span.name:
-        parts.append(_field(b"\x2a", span.name.encode()))
-    parts.append(b"\x30" + _SMALL_VARINTS[span.kind.value + 1])
+    parts.append(_head(span.name, span.kind.value))
     if span.start_time:
         parts.append(b"\x39" + _pack_fixed64(span.start_time))
     if span.end_time:
@@ -221,16 +264,20 @@ def _span(span: ReadableSpan) -> bytes:
     if span.dropped_events:
         parts.append(b"\x60" + _varint(span.dropped_events))
     for link in span.links:
-        parts.append(_field(b"\x6a", _link(link)))
+        parts.append(_link_field(link))
     if span.dropped_links:
         parts.append(b"\x70" + _varint(span.dropped_links))
     status = span.status
-    status_parts = []
-    if status.description:
-        status_parts.append(_field(b"\x12", status.description.encode()))
-    if status.status_code.value:
-        status_parts.append(b"\x18" + _varint(status.status_code.value))
-    parts.append(_field(b"\x7a", b"".join(status_parts)))  # set even when empty
+    code = status.status_code.value
+    if code or status.description:
+        status_parts = []
+        if status.description:
+            status_parts.append(_field(b"\x12", status.description.encode()))
+        if code:
+            status_parts.append(b"\x18" + _varint(code))
+        parts.append(_field(b"\x7a", b"".join(status_parts)))
+    else:
+        parts.append(_EMPTY_STATUS)  # set even when empty, as the SDK's encoder does
     parts.append(b"\x85\x01" + _flags(parent))
     return b"".join(parts)
 
