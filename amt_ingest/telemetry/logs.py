@@ -18,6 +18,7 @@ import logging
 import re
 import sys
 import threading
+import time
 from collections.abc import Iterator, MutableMapping
 from typing import Any, BinaryIO, TextIO
 
@@ -25,7 +26,14 @@ import orjson
 import structlog
 from opentelemetry import trace
 
-__all__ = ["add_trace_ids", "batched_lines", "configure_logging", "redact"]
+__all__ = [
+    "add_timestamp",
+    "add_trace_ids",
+    "batched_lines",
+    "configure_logging",
+    "iso_utc",
+    "redact",
+]
 
 _SECRET_KEYS = re.compile(
     r"(token|secret|password|passwd|authorization|credential|access_key|api_key)", re.I
@@ -120,6 +128,27 @@ def add_trace_ids(
     return event_dict
 
 
+def iso_utc(ns: int) -> str:
+    """An instant (epoch nanoseconds) as ``datetime.isoformat()`` writes it in UTC,
+    with ``Z`` for ``+00:00`` (what structlog's ISO UTC TimeStamper writes)."""
+    seconds, us = divmod(ns // 1000, 1_000_000)
+    prefix = _second_text(seconds)
+    return f"{prefix}.{us:06d}Z" if us else f"{prefix}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _second_text(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def add_timestamp(
+    _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """``timestamp``: now, in ISO 8601 UTC (the date and time are formatted once a second)."""
+    event_dict["timestamp"] = iso_utc(time.time_ns())
+    return event_dict
+
+
 class _LineOutput:
     """structlog's logger for JSON lines to a binary file: each line written and
     flushed at once, except while held by :func:`batched_lines`."""
@@ -175,19 +204,20 @@ def _maybe_secret(line: bytes) -> bool:
     (``_SUSPECT``) nor of the secret key names (``_SECRET_KEYS``)."""
     if not line.isascii():
         return True  # case-insensitive matching of non-ASCII text: leave it to redact()
-    low = line.lower()
+    # Substring search is faster on str than on bytes.
+    low = line.decode("ascii").lower()
     return (
-        b"bearer" in low
-        or b"akia" in low
-        or b"asia" in low
-        or b"secret" in low
-        or b"token" in low
-        or b"passw" in low
-        or b"signature" in low
-        or b"authorization" in low
-        or b"credential" in low
-        or b"access_key" in low
-        or b"api_key" in low
+        "bearer" in low
+        or "akia" in low
+        or "asia" in low
+        or "secret" in low
+        or "token" in low
+        or "passw" in low
+        or "signature" in low
+        or "authorization" in low
+        or "credential" in low
+        or "access_key" in low
+        or "api_key" in low
     )
 
 
@@ -234,7 +264,7 @@ def configure_logging(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            add_timestamp,
             add_trace_ids,
             structlog.processors.format_exc_info,
             *last,

@@ -319,3 +319,28 @@ def test_batched_lines_are_written_together_at_the_end(tmp_path):
         assert json.loads(path.read_text().splitlines()[-1])["event"] == "before the failure"
         log.info("after")
         assert json.loads(path.read_text().splitlines()[-1])["event"] == "after"
+
+
+@settings(max_examples=300)
+@given(st.integers(min_value=0, max_value=4_102_444_800 * 10**9))  # up to 2100
+def test_timestamps_are_written_as_datetime_writes_them(ns):
+    import datetime
+
+    from amt_ingest.telemetry.logs import iso_utc
+
+    seconds, us = divmod(ns // 1000, 1_000_000)
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC).replace(microsecond=us)
+    assert iso_utc(ns) == moment.isoformat().replace("+00:00", "Z")
+    whole = seconds * 10**9
+    assert iso_utc(whole) == moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def test_json_lines_carry_a_current_utc_timestamp():
+    import datetime
+
+    before = datetime.datetime.now(datetime.UTC)
+    (line,) = _lines("json", lambda log: log.info("now")).splitlines()
+    stamp = json.loads(line)["timestamp"]
+    assert stamp.endswith("Z")
+    moment = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert before <= moment <= datetime.datetime.now(datetime.UTC)
