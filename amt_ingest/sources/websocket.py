@@ -3,10 +3,12 @@
 One connection at a time. The reader task only reads frames, parses them and
 queues ``events`` frames; the hand-off task routes each frame's events, dead-
 letters its bad ones, then saves the cursor (the last replay id of the frame)
-and grants as many credits as the frame used. So the cursor never passes an
-event that is not in Redis, and Passport never has more events in flight than
-the credits granted: when Redis or the router slow down, credits stop and so
-does the stream.
+and grants as many credits as the frame used. Two frames may be under way at
+once (one in Redis while the next is prepared), but a frame settles (cursor,
+credits) only after the frame before it did, and not at all if that one
+failed. So the cursor never passes an event that is not in Redis, and Passport
+never has more events in flight than the credits granted: when Redis or the
+router slow down, credits stop and so does the stream.
 
 Reconnects use capped exponential backoff with jitter; the backoff resets only
 after a connection stayed up for ``stable_after`` seconds, so a server that
@@ -22,7 +24,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -56,6 +58,10 @@ __all__ = ["ListenerState", "WebSocketListener", "close_action"]
 log = structlog.get_logger("amt_ingest.sources.websocket")
 
 CURSOR: Final = "ws"
+#: Frames whose hand-off may be under way at once. Redis runs one frame's ingest
+#: while the event loop prepares the next; cursors and credits still follow
+#: stream order, each frame's only once it and every frame before it are in Redis.
+HAND_OFF_DEPTH: Final = 2
 
 # What to do after the server closed the connection, by close code (PROTOCOL.md section 2).
 RESUME, REFRESH_TOKEN, FROM_EARLIEST, REPORT = "resume", "refresh_token", "from_earliest", "report"
@@ -94,6 +100,11 @@ class ListenerState:
     events_handed_off: int = 0
     #: Subscribed at least once since start (readiness grace applies only then).
     subscribed_once: bool = False
+
+
+def _records(frame: EventsFrame) -> int:
+    """How many records the frame's events name: at most that many new jobs."""
+    return sum(len(item.record_ids) or 1 for item in frame.items if isinstance(item, Event))
 
 
 class _Reconnect(Exception):
@@ -373,27 +384,76 @@ class WebSocketListener:
         frames: asyncio.Queue[tuple[EventsFrame, int]],
         closing: asyncio.Event,
     ) -> None:
-        tracer = self.router.telemetry.tracer
-        while not closing.is_set():
-            frame, received_ns = await frames.get()
-            # Credits for this frame are granted only after its hand-off: waiting
-            # here is what stops Passport when the workers fall behind.
-            await self.router.wait_for_capacity()
-            with tracer.start_as_current_span(
-                "receive passport",
-                kind=SpanKind.CLIENT,
-                start_time=received_ns,
-                attributes={
-                    "messaging.system": "passport",
-                    "messaging.operation.type": "receive",
-                    "messaging.operation.name": "receive",
-                    "messaging.destination.name": "passport",
-                    "messaging.batch.message_count": len(frame.items),
-                },
-            ):
-                await self._hand_off_frame(ws, frame)
+        # Up to HAND_OFF_DEPTH frames are under way at once, each in a task that
+        # settles (cursor, credits) only after the frame before it settled.
+        under_way: deque[tuple[asyncio.Task[None], int]] = deque()
+        try:
+            while not closing.is_set():
+                while under_way and (under_way[0][0].done() or len(under_way) >= HAND_OFF_DEPTH):
+                    await under_way.popleft()[0]  # a failed hand-off ends the loop here
+                if under_way:
+                    # A frame, or the end of the oldest hand-off (which may have
+                    # failed: then no credit comes back, and maybe no frame).
+                    getter = asyncio.ensure_future(frames.get())
+                    try:
+                        await asyncio.wait(
+                            {getter, under_way[0][0]}, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    except BaseException:
+                        getter.cancel()
+                        raise
+                    if not getter.done():
+                        getter.cancel()  # Queue.get takes nothing when cancelled
+                        continue
+                    frame, received_ns = getter.result()
+                else:
+                    frame, received_ns = await frames.get()
+                # Near the job queue's high-water mark, the frames under way finish
+                # first: the capacity check then counts the jobs they made.
+                records = sum(n for _, n in under_way)
+                if records and (
+                    self.coordinator.last_queue_depth + records >= self.router.max_queued_jobs
+                ):
+                    while under_way:
+                        await under_way.popleft()[0]
+                # Credits for this frame are granted only after its hand-off: waiting
+                # here is what stops Passport when the workers fall behind.
+                await self.router.wait_for_capacity()
+                before = under_way[-1][0] if under_way else None
+                task = asyncio.ensure_future(self._hand_off_one(ws, frame, received_ns, before))
+                under_way.append((task, _records(frame)))
+        finally:
+            for task, _ in under_way:
+                task.cancel()
+            await asyncio.gather(*(task for task, _ in under_way), return_exceptions=True)
 
-    async def _hand_off_frame(self, ws: ClientConnection, frame: EventsFrame) -> None:
+    async def _hand_off_one(
+        self,
+        ws: ClientConnection,
+        frame: EventsFrame,
+        received_ns: int,
+        before: asyncio.Task[None] | None,
+    ) -> None:
+        with self.router.telemetry.tracer.start_as_current_span(
+            "receive passport",
+            kind=SpanKind.CLIENT,
+            start_time=received_ns,
+            attributes={
+                "messaging.system": "passport",
+                "messaging.operation.type": "receive",
+                "messaging.operation.name": "receive",
+                "messaging.destination.name": "passport",
+                "messaging.batch.message_count": len(frame.items),
+            },
+        ):
+            await self._hand_off_frame(ws, frame, before)
+
+    async def _hand_off_frame(
+        self, ws: ClientConnection, frame: EventsFrame, before: asyncio.Task[None] | None = None
+    ) -> None:
+        """Route the frame's events, dead-letter its bad ones; then, once the frame
+        ``before`` it has settled (its failure is this frame's too), save the
+        cursor and grant the frame's credits."""
         events = [item for item in frame.items if isinstance(item, Event)]
         rejected = [item for item in frame.items if isinstance(item, Rejected)]
         for bad in rejected:
@@ -410,6 +470,8 @@ class WebSocketListener:
             await self.coordinator.count(Counter(f"rejected:ws:{b.reason}" for b in rejected))
         if events:
             await self.router.route(events, path="ws")
+        if before is not None:
+            await before
         last = next((i.replay_id for i in reversed(frame.items) if i.replay_id), None)
         with self.router.telemetry.tracer.start_as_current_span(
             "settle passport",

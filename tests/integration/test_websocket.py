@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from amt_ingest.config import Settings
 from amt_ingest.coordination import QUEUE_NAME, Coordinator
 from amt_ingest.deadletter import DeadLetters
+from amt_ingest.errors import CoordinationError
 from amt_ingest.events import REASONS, TOPICS
 from amt_ingest.jobs import job_deserializer
 from amt_ingest.router import Router
@@ -334,6 +335,71 @@ async def test_every_live_event_is_handed_off_once_and_applied(rig: RigFactory, 
     await running.halt()
     assert not running.listener.state.connected
     await assert_store_matches_truth(r, store)
+
+
+class FirstFrameHeld(Router):
+    """The real router, except that the first batch waits at the door until the
+    test opens it (or fails there): the seam that shows two frames under way."""
+
+    def __init__(self, coord: Coordinator, *, fail: bool = False) -> None:
+        super().__init__(coord, capacity_poll_s=0.02)
+        self.fail = fail
+        self.door = asyncio.Event()
+        self.second_done = asyncio.Event()
+        self.calls = 0
+
+    async def route(self, events: Any, *, path: str) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            await self.second_done.wait()
+            await self.door.wait()
+            if self.fail:
+                raise CoordinationError("hand-off to Redis failed: injected")
+            return await super().route(events, path=path)
+        report = await super().route(events, path=path)
+        if self.calls == 2:
+            self.second_done.set()
+        return report
+
+
+async def test_the_next_frame_is_handed_off_meanwhile_and_settled_after(rig: RigFactory) -> None:
+    r = await rig(events=50, max_batch=25)
+    await r.sim.run()
+    router = FirstFrameHeld(r.coord)
+    running = r.start(r.settings(ws_credits=50), router=router)
+    await router.second_done.wait()
+    # The second frame is in Redis while the first is not, and nothing settled:
+    # no cursor (it would pass the first frame's events) and no credit back.
+    assert (await r.counts())["first"] == 25
+    await asyncio.sleep(0.1)
+    assert await r.cursor() is None
+    assert running.listener.state.events_handed_off == 0
+    assert r.faults.frames[1] == 2
+    router.door.set()
+    await until(r.delivered, what="both frames settled")
+    await handed_off(running, 50)
+    await assert_everything_once(r)
+    await running.halt()
+
+
+async def test_a_failed_frame_keeps_the_frame_after_it_unsettled(rig: RigFactory) -> None:
+    r = await rig(events=50, max_batch=25)
+    await r.sim.run()
+    router = FirstFrameHeld(r.coord, fail=True)
+    running = r.start(
+        r.settings(ws_credits=50), router=router, delays=lambda: itertools.repeat(0.5)
+    )
+    await router.second_done.wait()
+    router.door.set()  # the first frame fails after the second was handed off
+    await until(lambda: running.listener.state.reconnects == 1, what="the listener reconnected")
+    assert await r.cursor() is None  # the second frame did not settle past the first
+    assert running.listener.state.events_handed_off == 0
+    # After the reconnect both frames come again: the first is handed off now and
+    # the second is a duplicate of itself, applied once.
+    await until(r.delivered, what="everything delivered after the reconnect")
+    counts = await r.counts()
+    assert counts["first"] == 50 and counts["duplicate"] == 25
+    await running.halt()
 
 
 # --- 2. credits --------------------------------------------------------------------------
