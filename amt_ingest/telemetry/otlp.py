@@ -16,11 +16,11 @@ variables) with only the encoding replaced.
 
 from __future__ import annotations
 
-import logging
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import structlog
 from opentelemetry.exporter.otlp.proto.http._common import RequestPayloadTooLargeError
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as _SdkOTLPSpanExporter,
@@ -34,7 +34,7 @@ from opentelemetry.trace import Link, SpanContext
 
 __all__ = ["SpanExporter", "encode_spans"]
 
-_logger = logging.getLogger(__name__)
+log = structlog.get_logger("amt_ingest.telemetry.otlp")
 
 _pack_double = struct.Struct("<d").pack
 _pack_fixed32 = struct.Struct("<I").pack
@@ -130,8 +130,8 @@ def _items(attributes: Mapping[str, Any]) -> Any:
 
 
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
-    """Every attribute as a repeated KeyValue field ``tag``. Like the SDK's encoder,
-    an attribute that cannot be encoded is logged and left out."""
+    """Every attribute as a repeated KeyValue field ``tag``. As with the SDK's
+    encoder, an attribute that cannot be encoded is logged and left out."""
     if not attributes:
         return b""
     out: list[bytes] = []
@@ -150,7 +150,7 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
                 try:
                     cached = _field(tag, _key_value(key, value))
                 except Exception as error:
-                    _logger.exception("Failed to encode key %s: %s", key, error)
+                    log.warning("span_attribute_not_exported", key=key, error=repr(error))
                     continue
                 if len(by_value) >= _STRINGS_VALUES_MAX:
                     by_value.clear()
@@ -160,7 +160,7 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
         try:
             out.append(_field(tag, _key_value(key, value)))
         except Exception as error:
-            _logger.exception("Failed to encode key %s: %s", key, error)
+            log.warning("span_attribute_not_exported", key=key, error=repr(error))
     return b"".join(out)
 
 
@@ -354,15 +354,15 @@ class SpanExporter(_SdkOTLPSpanExporter):
             try:
                 data = encode_spans(spans)
             except Exception as error:
-                _logger.error("Failed to encode span batch: %s", error)
+                log.error("span_batch_not_encoded", spans=len(spans), error=repr(error))
                 result.error = error
                 return SpanExportResult.FAILURE
             if 0 < self._max_request_size < len(data):
-                _logger.warning(
-                    "Dropping span batch: serialized size %d bytes exceeds max_request_size "
-                    "%d bytes.",
-                    len(data),
-                    self._max_request_size,
+                log.warning(
+                    "span_batch_too_large",
+                    spans=len(spans),
+                    size=len(data),
+                    max_request_size=self._max_request_size,
                 )
                 result.error = RequestPayloadTooLargeError(
                     f"Serialized span request size {len(data)} bytes exceeds "
