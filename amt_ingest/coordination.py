@@ -32,6 +32,7 @@ every race between routers and jobs resolves inside Redis.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Mapping, Sequence
@@ -54,6 +55,7 @@ __all__ = [
     "Coordinator",
     "IngestResult",
     "PendingRecord",
+    "Turn",
     "pending_entries",
     "record_key",
 ]
@@ -176,6 +178,16 @@ def pending_entries(event: Event) -> list[tuple[str, str]]:
 
 
 @dataclass(frozen=True, slots=True)
+class Turn:
+    """Keeps hand-offs that are under way at once in order in Redis: this one's
+    ingest script runs after ``previous`` is done (the previous hand-off's ran, or
+    it failed), and ``done`` is set once this one's ran."""
+
+    previous: asyncio.Future[None] | None
+    done: asyncio.Future[None]
+
+
+@dataclass(frozen=True, slots=True)
 class IngestResult:
     """What Redis decided for one event: ``first``, ``duplicate`` or ``stale``."""
 
@@ -281,6 +293,7 @@ class Coordinator:
         path: str,
         contexts: Sequence[str] | None = None,
         track_one_path: bool = False,
+        turn: Turn | None = None,
     ) -> list[IngestResult]:
         """Hand events off durably, in one round trip. Returns one result per event.
 
@@ -290,23 +303,38 @@ class Coordinator:
         acknowledged, and a redelivery is safe (dedup makes it a no-op).
         ``contexts`` are the events' encoded trace contexts; ``track_one_path``
         keeps first arrivals in ``amt:onepath`` until the other path brings them.
+        With ``turn``, the scripts run only after the previous hand-off's did
+        (the batch is prepared meanwhile), and ``turn.done`` is set after them.
         """
-        if not events:
-            return []
-        results: list[IngestResult] = []
-        for start in range(0, len(events), INGEST_CHUNK):
-            chunk = events[start : start + INGEST_CHUNK]
-            chunk_contexts = contexts[start : start + INGEST_CHUNK] if contexts else None
-            results.extend(await self._ingest_chunk(chunk, path, chunk_contexts, track_one_path))
-        return results
+        try:
+            if not events:
+                return []
+            prepared = [
+                self._prepare_chunk(
+                    events[start : start + INGEST_CHUNK],
+                    path,
+                    contexts[start : start + INGEST_CHUNK] if contexts else None,
+                    track_one_path,
+                )
+                for start in range(0, len(events), INGEST_CHUNK)
+            ]
+            if turn is not None and turn.previous is not None:
+                await asyncio.shield(turn.previous)
+            results: list[IngestResult] = []
+            for keys, spec in prepared:
+                results.extend(await self._run_chunk(keys, spec))
+            return results
+        finally:
+            if turn is not None and not turn.done.done():
+                turn.done.set_result(None)
 
-    async def _ingest_chunk(
+    def _prepare_chunk(
         self,
         events: Sequence[Event],
         path: str,
         contexts: Sequence[str] | None,
         track_one_path: bool,
-    ) -> list[IngestResult]:
+    ) -> tuple[list[str], bytes]:
         keys: list[str] = []
         specs: list[list[Any]] = []
         for i, event in enumerate(events):
@@ -336,17 +364,16 @@ class Coordinator:
                 "e": specs,
             }
         )
-        pipe = self.redis.pipeline(transaction=False)
-        await self._ingest(keys=keys, args=[spec], client=pipe)
-        pipe.scard(PENDING_KEY)
+        return keys, spec
+
+    async def _run_chunk(self, keys: list[str], spec: bytes) -> list[IngestResult]:
+        # A plain EVALSHA (one round trip): a pipeline holding a script first
+        # asks Redis whether the script is loaded, a round trip of its own.
         try:
-            flat, pending = await pipe.execute(raise_on_error=False)
+            flat = await self._ingest(keys=keys, args=[spec])
         except (RedisError, OSError) as exc:
             raise CoordinationError(f"hand-off to Redis failed: {exc}") from exc
-        if isinstance(pending, int):
-            self.last_pending = pending
-        if isinstance(flat, Exception):
-            raise CoordinationError(f"hand-off to Redis failed: {flat}") from flat
+        self.last_pending = int(flat[-1])
         return [
             IngestResult(
                 outcome=flat[i].decode(),
@@ -355,7 +382,7 @@ class Coordinator:
                 scheduled=int(flat[i + 3]),
                 lag_ms=int(flat[i + 4]),
             )
-            for i in range(0, len(flat), 5)
+            for i in range(0, len(flat) - 1, 5)
         ]
 
     async def count(self, counters: Mapping[str, int]) -> None:

@@ -22,7 +22,8 @@
 -- Each merged record keeps the trace contexts of its events in field "l" (comma
 -- separated, at most LINKS_MAX_CHARS), for the job span's parent and links.
 -- Returns five values per event: outcome, first_path, first_ctx, scheduled (the
--- records it handed to a job), lag_ms. outcome: "first", "duplicate" or "stale" (nothing newer
+-- records it handed to a job), lag_ms; then the number of records pending
+-- (amt:pending), which the capacity check reads. outcome: "first", "duplicate" or "stale" (nothing newer
 -- than what is pending); lag_ms: the path lag of a first arrival on the second
 -- path, else -1. An event without records (GAP_OVERFLOW) queues a resync job.
 
@@ -202,4 +203,5 @@ end
 for key, n in pairs(stats) do
   redis.call('HINCRBY', 'amt:stats', key, n)
 end
+out[#out + 1] = redis.call('SCARD', PENDING)
 return out

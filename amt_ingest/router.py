@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 import structlog
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, get_current_span
 
-from .coordination import Coordinator, IngestResult
+from .coordination import Coordinator, IngestResult, Turn
 from .events import Event, Rejected
 from .orgs import OrgFilter
 from .policy import org_allowed
 from .telemetry import Telemetry
+from .telemetry.logs import batched_lines
 from .telemetry.tracing import (
     MESSAGING_SYSTEM,
     ROOT,
@@ -106,12 +107,23 @@ class Router:
             self.paused = False
             log.info("intake_resumed", pending_records=self.coordinator.last_pending)
 
-    async def route(self, events: Sequence[Event], *, path: str) -> RouteReport:
+    async def route(
+        self, events: Sequence[Event], *, path: str, turn: Turn | None = None
+    ) -> RouteReport:
         """Hand a batch off durably; raises :class:`~amt_ingest.errors.CoordinationError`
         if Redis did not confirm all of it (then acknowledge nothing).
 
         Call it inside the batch's receive span: each event's span links to it.
+        ``turn`` keeps batches routed at once in order in Redis (see
+        :class:`~amt_ingest.coordination.Turn`); it is done when this returns.
         """
+        try:
+            return await self._route(events, path, turn)
+        finally:
+            if turn is not None and not turn.done.done():
+                turn.done.set_result(None)
+
+    async def _route(self, events: Sequence[Event], path: str, turn: Turn | None) -> RouteReport:
         report = RouteReport()
         counts: Counter[tuple[str, str, str]] = Counter()
         batch = get_current_span().get_span_context()
@@ -135,16 +147,14 @@ class Router:
                 counts[(path, event.topic, "filtered")] += 1
             report.outcomes["filtered"] += len(filtered)
         spans = [self._start_span(event, path, batch_links) for event in kept]
+        contexts = [encode_context(span.get_span_context()) for span in spans]
         try:
-            results = (
-                await self.coordinator.ingest(
-                    kept,
-                    path=path,
-                    contexts=[encode_context(span.get_span_context()) for span in spans],
-                    track_one_path=self.track_one_path,
-                )
-                if kept
-                else []
+            results = await self.coordinator.ingest(
+                kept,
+                path=path,
+                contexts=contexts,
+                track_one_path=self.track_one_path,
+                turn=turn,
             )
         except BaseException as exc:
             for span in spans:
@@ -152,7 +162,24 @@ class Router:
                 span.end()
             raise
         metrics = self.telemetry.metrics
-        for event, result, span in zip(kept, results, spans, strict=True):
+        with batched_lines():
+            self._finish(kept, results, spans, contexts, path, report, counts)
+        metrics.count_events(counts)
+        return report
+
+    def _finish(
+        self,
+        kept: list[Event],
+        results: list[IngestResult],
+        spans: list[Span],
+        contexts: list[str],
+        path: str,
+        report: RouteReport,
+        counts: Counter[tuple[str, str, str]],
+    ) -> None:
+        """Each handed-off event's outcome: its span ended, its line logged."""
+        metrics = self.telemetry.metrics
+        for event, result, span, context in zip(kept, results, spans, contexts, strict=True):
             report.outcomes[result.outcome] += 1
             report.scheduled += result.scheduled
             counts[(path, event.topic, result.outcome)] += 1
@@ -169,9 +196,7 @@ class Router:
                     lag_s, {"first_path": result.first_path, "topic": event.topic}
                 )
             span.end()
-            _log_outcome(event, result, path, span)
-        metrics.count_events(counts)
-        return report
+            _log_outcome(event, result, path, span, context)
 
     def note_rejected(self, rejected: Sequence[Rejected], *, path: str) -> None:
         """Record input a source rejected (it dead-letters and logs it): a span
@@ -227,7 +252,7 @@ class Router:
             next_trace_id.reset(token)
 
 
-def _log_outcome(event: Event, result: IngestResult, path: str, span: Span) -> None:
+def _log_outcome(event: Event, result: IngestResult, path: str, span: Span, context: str) -> None:
     extra: dict[str, object] = (
         {"first_path": result.first_path}
         if result.outcome == "duplicate"
@@ -243,5 +268,6 @@ def _log_outcome(event: Event, result: IngestResult, path: str, span: Span) -> N
         path=path,
         outcome=result.outcome,
         **extra,
-        **span_ids(span),
+        # The ids are in the context handed to Redis (when sampled): no second formatting.
+        **({"trace_id": context[:32], "span_id": context[32:48]} if context else span_ids(span)),
     )

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import time
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, Final
 
 import redis.asyncio as aioredis
 import structlog
@@ -39,6 +40,20 @@ from .watch import Watcher
 __all__ = ["run_service"]
 
 log = structlog.get_logger("amt_ingest.service")
+
+#: The garbage collector's thresholds once started (Python's are 700, 10, 10).
+GC_THRESHOLDS: Final = (5_000, 20, 20)
+
+
+def _tune_collector() -> None:
+    """Once start-up is done: what it built (modules, clients, pools) lives as long
+    as the process, so it leaves the collector's full passes, whose cost grows
+    with the heap; and the youngest generation is collected every 5,000
+    allocations instead of 700. At full intake (a span, a log line and a
+    parsed event per event) the defaults cost several microseconds an event,
+    mostly on objects that were still in use."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _install_signal_handlers(stop: asyncio.Event) -> None:
@@ -296,6 +311,7 @@ async def run_service(
         )
         await health.start()
         stack.push_async_callback(health.stop)
+        _tune_collector()
         log.info(
             "service_started",
             sources=sources,

@@ -4,7 +4,10 @@ One connection at a time. The reader task only reads frames, parses them and
 queues ``events`` frames; the hand-off task takes every frame queued so far,
 routes their events, dead-letters their bad ones, then saves the cursor (the
 last replay id of the last frame) and grants as many credits as the frames
-used. So the cursor never passes an event that is not in Redis, and Passport
+used. Up to ``HAND_OFF_DEPTH`` such hand-offs may be under way at once (one in
+Redis while the next is prepared), but one settles (cursor, credits) only
+after the one before it did, and not at all if that one failed. So the cursor
+never passes an event that is not in Redis, and Passport
 never has more events in flight than the credits granted: when Redis or the
 router slow down, credits stop and so does the stream.
 
@@ -22,7 +25,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -35,7 +38,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.frames import CloseCode
 
 from ..config import ConfigError, Settings
-from ..coordination import Coordinator
+from ..coordination import Coordinator, Turn
 from ..deadletter import DeadLetters
 from ..errors import CoordinationError
 from ..events import (
@@ -56,6 +59,12 @@ __all__ = ["ListenerState", "WebSocketListener", "close_action"]
 log = structlog.get_logger("amt_ingest.sources.websocket")
 
 CURSOR: Final = "ws"
+#: Hand-offs that may be under way at once (each on its own Redis connection).
+#: Redis runs one's ingest while the event loop prepares the next and finishes
+#: the one before; the ingest scripts still run in stream order, and cursors and
+#: credits follow it, each hand-off's only once it and every one before it are
+#: in Redis.
+HAND_OFF_DEPTH: Final = 3
 
 # What to do after the server closed the connection, by close code (PROTOCOL.md section 2).
 RESUME, REFRESH_TOKEN, FROM_EARLIEST, REPORT = "resume", "refresh_token", "from_earliest", "report"
@@ -94,6 +103,11 @@ class ListenerState:
     events_handed_off: int = 0
     #: Subscribed at least once since start (readiness grace applies only then).
     subscribed_once: bool = False
+
+
+def _records(items: list[Event | Rejected]) -> int:
+    """How many records the events name: at most that many records newly pending."""
+    return sum(len(item.record_ids) or 1 for item in items if isinstance(item, Event))
 
 
 class _Reconnect(Exception):
@@ -373,32 +387,99 @@ class WebSocketListener:
         frames: asyncio.Queue[tuple[EventsFrame, int]],
         closing: asyncio.Event,
     ) -> None:
-        tracer = self.router.telemetry.tracer
-        while not closing.is_set():
-            batch = [await frames.get()]
-            # Frames that came in meanwhile go with it: one hand-off, one cursor
-            # write and one credit message for all of them (bounded by the credits).
-            while not frames.empty():
-                batch.append(frames.get_nowait())
-            # Credits for these frames are granted only after their hand-off:
-            # waiting here is what stops Passport when the workers fall behind.
-            await self.router.wait_for_capacity()
-            items = [item for frame, _ in batch for item in frame.items]
-            with tracer.start_as_current_span(
-                "receive passport",
-                kind=SpanKind.CLIENT,
-                start_time=batch[0][1],
-                attributes={
-                    "messaging.system": "passport",
-                    "messaging.operation.type": "receive",
-                    "messaging.operation.name": "receive",
-                    "messaging.destination.name": "passport",
-                    "messaging.batch.message_count": len(items),
-                },
-            ):
-                await self._hand_off_items(ws, items)
+        # Up to HAND_OFF_DEPTH hand-offs are under way at once, each in a task that
+        # settles (cursor, credits) only after the one before it settled. Each
+        # takes the frames queued by then: one Redis round trip, one cursor write
+        # and one credit message for all of them (bounded by the credits).
+        under_way: deque[tuple[asyncio.Task[None], int]] = deque()
+        # Their ingest scripts run in stream order all the same: each waits for
+        # the one before (its events are prepared meanwhile), so an older change
+        # never reaches Redis after a newer one of the same connection.
+        previous: asyncio.Future[None] | None = None
+        try:
+            while not closing.is_set():
+                while under_way and (under_way[0][0].done() or len(under_way) >= HAND_OFF_DEPTH):
+                    await under_way.popleft()[0]  # a failed hand-off ends the loop here
+                if under_way:
+                    # A frame, or the end of the oldest hand-off (which may have
+                    # failed: then no credit comes back, and maybe no frame).
+                    getter = asyncio.ensure_future(frames.get())
+                    try:
+                        await asyncio.wait(
+                            {getter, under_way[0][0]}, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    except BaseException:
+                        getter.cancel()
+                        raise
+                    if not getter.done():
+                        getter.cancel()  # Queue.get takes nothing when cancelled
+                        continue
+                    frame, received_ns = getter.result()
+                else:
+                    frame, received_ns = await frames.get()
+                items = list(frame.items)
+                while not frames.empty():
+                    items.extend(frames.get_nowait()[0].items)
+                # Near the high-water mark, the hand-offs under way finish first:
+                # the capacity check then counts the records they gave to jobs.
+                records = sum(n for _, n in under_way)
+                if records and (
+                    self.coordinator.last_pending + records >= self.router.max_pending_records
+                ):
+                    while under_way:
+                        await under_way.popleft()[0]
+                # Credits for these frames are granted only after their hand-off:
+                # waiting here is what stops Passport when the workers fall behind.
+                await self.router.wait_for_capacity()
+                before = under_way[-1][0] if under_way else None
+                turn = Turn(previous, asyncio.get_running_loop().create_future())
+                previous = turn.done
+                task = asyncio.ensure_future(
+                    self._hand_off_one(ws, items, received_ns, before, turn)
+                )
+                under_way.append((task, _records(items)))
+        finally:
+            for task, _ in under_way:
+                task.cancel()
+            await asyncio.gather(*(task for task, _ in under_way), return_exceptions=True)
 
-    async def _hand_off_items(self, ws: ClientConnection, items: list[Event | Rejected]) -> None:
+    async def _hand_off_one(
+        self,
+        ws: ClientConnection,
+        items: list[Event | Rejected],
+        received_ns: int,
+        before: asyncio.Task[None] | None,
+        turn: Turn | None = None,
+    ) -> None:
+        with self.router.telemetry.tracer.start_as_current_span(
+            "receive passport",
+            kind=SpanKind.CLIENT,
+            start_time=received_ns,
+            attributes={
+                "messaging.system": "passport",
+                "messaging.operation.type": "receive",
+                "messaging.operation.name": "receive",
+                "messaging.destination.name": "passport",
+                "messaging.batch.message_count": len(items),
+            },
+        ):
+            try:
+                await self._hand_off_items(ws, items, before, turn)
+            finally:
+                if turn is not None and not turn.done.done():
+                    turn.done.set_result(None)
+
+    async def _hand_off_items(
+        self,
+        ws: ClientConnection,
+        items: list[Event | Rejected],
+        before: asyncio.Task[None] | None = None,
+        turn: Turn | None = None,
+    ) -> None:
+        """Route the frames' events (in Redis after the hand-off before, ``turn``),
+        dead-letter their bad ones; then, once the hand-off ``before`` it has
+        settled (its failure is this one's too), save the cursor and grant the
+        frames' credits."""
         events = [item for item in items if isinstance(item, Event)]
         rejected = [item for item in items if isinstance(item, Rejected)]
         for bad in rejected:
@@ -414,7 +495,9 @@ class WebSocketListener:
             self.router.note_rejected(rejected, path="ws")
             await self.coordinator.count(Counter(f"rejected:ws:{b.reason}" for b in rejected))
         if events:
-            await self.router.route(events, path="ws")
+            await self.router.route(events, path="ws", turn=turn)
+        if before is not None:
+            await before
         last = next((i.replay_id for i in reversed(items) if i.replay_id), None)
         with self.router.telemetry.tracer.start_as_current_span(
             "settle passport",

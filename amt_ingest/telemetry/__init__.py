@@ -145,11 +145,11 @@ def setup_telemetry(
     registry = CollectorRegistry(auto_describe=True)
     readers: list[MetricReader] = [PrometheusMetricReader(registry=registry), *metric_readers]
     if settings.otlp_traces_enabled:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from .otlp import SpanExporter
 
         tracer_provider.add_span_processor(
             BatchSpanProcessor(
-                OTLPSpanExporter(),
+                SpanExporter(),
                 max_queue_size=settings.otel_bsp_max_queue_size,
                 schedule_delay_millis=settings.otel_bsp_schedule_delay,
                 max_export_batch_size=settings.otel_bsp_max_export_batch_size,

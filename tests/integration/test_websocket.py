@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from amt_ingest.config import Settings
 from amt_ingest.coordination import QUEUE_NAME, Coordinator
 from amt_ingest.deadletter import DeadLetters
+from amt_ingest.errors import CoordinationError
 from amt_ingest.events import REASONS, TOPICS
 from amt_ingest.router import Router
 from amt_ingest.simulator import Simulator, SimulatorOptions
@@ -320,6 +321,105 @@ async def test_every_live_event_is_handed_off_once_and_applied(rig: RigFactory, 
     await running.halt()
     assert not running.listener.state.connected
     await assert_store_matches_truth(r, store)
+
+
+class FirstFrameHeld(Router):
+    """The real router, except that the first batch is held at a door until the
+    test opens it: before its Redis ingest (``where="before"``) or after it
+    (``"after"``, where it may then fail). The seam that shows two hand-offs
+    under way at once."""
+
+    def __init__(self, coord: Coordinator, *, where: str, fail: bool = False) -> None:
+        super().__init__(coord, capacity_poll_s=0.02)
+        self.where = where
+        self.fail = fail
+        self.door = asyncio.Event()
+        self.second_called = asyncio.Event()
+        self.second_done = asyncio.Event()
+        self.calls = 0
+
+    async def route(self, events: Any, *, path: str, turn: Any = None) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            if self.where == "before":
+                await self.second_called.wait()
+                await self.door.wait()
+            report = await super().route(events, path=path, turn=turn)
+            if self.where == "after":
+                await self.second_done.wait()
+                await self.door.wait()
+                if self.fail:
+                    raise CoordinationError("hand-off to Redis failed: injected")
+            return report
+        if self.calls == 2:
+            self.second_called.set()
+        report = await super().route(events, path=path, turn=turn)
+        if self.calls == 2:
+            self.second_done.set()
+        return report
+
+
+def second_frame_late(connection: int, frames_sent: int) -> Fault | None:
+    """The second frame comes a moment after the first, so that the first is
+    handed off alone (frames queued together are handed off together)."""
+    return GoSilent(0.2) if connection == 1 and frames_sent == 1 else None
+
+
+async def test_the_next_frame_is_handed_off_meanwhile_and_settled_after(rig: RigFactory) -> None:
+    r = await rig(events=50, max_batch=25, faults=Faults(frame=second_frame_late))
+    await r.sim.run()
+    router = FirstFrameHeld(r.coord, where="after")
+    running = r.start(r.settings(ws_credits=50), router=router)
+    await router.second_done.wait()
+    # Both frames are in Redis, and nothing settled while the first is held: no
+    # cursor and no credit back.
+    assert (await r.counts())["first"] == 50
+    await asyncio.sleep(0.1)
+    assert await r.cursor() is None
+    assert running.listener.state.events_handed_off == 0
+    assert r.faults.frames[1] == 2
+    router.door.set()
+    await until(r.delivered, what="both frames settled")
+    await handed_off(running, 50)
+    await assert_everything_once(r)
+    await running.halt()
+
+
+async def test_hand_offs_under_way_reach_redis_in_stream_order(rig: RigFactory) -> None:
+    """The second hand-off is prepared while the first is held before Redis, but its
+    ingest waits for the first's: an older change never lands after a newer one."""
+    r = await rig(events=50, max_batch=25, faults=Faults(frame=second_frame_late))
+    await r.sim.run()
+    router = FirstFrameHeld(r.coord, where="before")
+    running = r.start(r.settings(ws_credits=50), router=router)
+    await router.second_called.wait()
+    await asyncio.sleep(0.2)  # time enough for the second to overtake, were it let
+    assert await r.counts() == {}
+    router.door.set()
+    await until(r.delivered, what="both frames settled")
+    await handed_off(running, 50)
+    await assert_everything_once(r)  # every event a first arrival: none came late
+    await running.halt()
+
+
+async def test_a_failed_frame_keeps_the_frame_after_it_unsettled(rig: RigFactory) -> None:
+    r = await rig(events=50, max_batch=25, faults=Faults(frame=second_frame_late))
+    await r.sim.run()
+    router = FirstFrameHeld(r.coord, where="after", fail=True)
+    running = r.start(
+        r.settings(ws_credits=50), router=router, delays=lambda: itertools.repeat(0.5)
+    )
+    await router.second_done.wait()
+    router.door.set()  # the first hand-off fails after the second reached Redis
+    await until(lambda: running.listener.state.reconnects == 1, what="the listener reconnected")
+    assert await r.cursor() is None  # the second frame did not settle past the first
+    assert running.listener.state.events_handed_off == 0
+    # After the reconnect both frames come again: each is a duplicate of itself,
+    # applied once.
+    await until(r.delivered, what="everything delivered after the reconnect")
+    counts = await r.counts()
+    assert counts["first"] == 50 and counts["duplicate"] == 50
+    await running.halt()
 
 
 # --- 2. credits --------------------------------------------------------------------------

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
 
+import orjson
 import pytest
 import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -203,3 +207,140 @@ def test_json_lines_carry_trace_ids_inside_a_span():
     context = emit.context
     assert inside["trace_id"] == format(context.trace_id, "032x")
     assert inside["span_id"] == format(context.span_id, "016x")
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_secrets_never_reach_a_binary_output(fmt, tmp_path):
+    path = tmp_path / "log"
+    with open(path, "w") as out:  # a real file: JSON lines go to its binary buffer
+        configure_logging("debug", fmt, stream=out)
+        log = structlog.get_logger("t")
+        log.info("connect", token=TOKEN, headers={"Authorization": f"Bearer {TOKEN}"})
+        log.warning("aws", detail=f"Credential={AWS_KEY_ID}/x secret={AWS_SECRET}")
+        log.info("kelvin", detail=f"to\u212aen={TOKEN}")  # the Kelvin sign matches k, case-blind
+        log.info("plain", event_id="7d7c3c1e-2b2f-4d69-9a0e-3f1f3b1d2c4a", topic="Opportunity")
+    text = path.read_text()
+    for secret in (TOKEN, AWS_SECRET, AWS_KEY_ID):
+        assert secret not in text, text
+    assert "7d7c3c1e-2b2f-4d69-9a0e-3f1f3b1d2c4a" in text
+
+
+# Text that often holds, or almost holds, what redaction looks for.
+_pieces = st.sampled_from(
+    [
+        "token", "TOKEN", "to\u212aen", "\u017fecret", "Secret", "passw", "Bearer ", "bearer\t",
+        "AKIA", "ASIA", "IOSFODNN7EXAMPLE", "signature", "=", ":", " ", "'", '"', "&", ",",
+        "abc123", "x", "\u00e9", "\u6771", "api_key", "Authorization", "credential", "-", "_",
+    ]
+)  # fmt: skip
+_texts = st.lists(_pieces | st.text(max_size=4), max_size=8).map("".join)
+_values = st.recursive(
+    st.none() | st.integers() | st.booleans() | _texts,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(_texts, children, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(_texts, _values, max_size=5))
+def test_json_lines_are_redacted_exactly_as_redact_does(event_dict):
+    from amt_ingest.telemetry.logs import _RedactedJson, redact
+
+    try:
+        expected = orjson.dumps(redact(None, "info", copy.deepcopy(event_dict)), default=str)
+    except TypeError:  # e.g. an integer beyond 64 bits, under a key that is not secret
+        with pytest.raises(TypeError):
+            _RedactedJson(text=False)(None, "info", copy.deepcopy(event_dict))
+        return
+    assert _RedactedJson(text=False)(None, "info", copy.deepcopy(event_dict)) == expected
+    assert _RedactedJson(text=True)(None, "info", copy.deepcopy(event_dict)) == expected.decode()
+
+
+@pytest.mark.parametrize(
+    "event_dict",
+    [
+        *({key: "x"} for key in ("api_key", "Access_Key", "credentials", "authorization")),
+        *({key: "x"} for key in ("TOKEN", "client_secret", "password", "passwd")),
+        *({"detail": f"{word}=x1"} for word in ("token", "secret", "password", "signature")),
+        {"detail": "Bearer abc"},
+        {"detail": "AKIAIOSFODNN7EXAMPLE"},
+        {"detail": "ASIAIOSFODNN7EXAMPLE"},
+        {"detail": "to\u212aen=abc"},
+        {"nested": {"x": ["password: hunter2"]}},
+    ],
+)
+def test_each_word_alone_is_redacted_as_redact_does(event_dict):
+    from amt_ingest.telemetry.logs import _RedactedJson, redact
+
+    expected = orjson.dumps(redact(None, "info", copy.deepcopy(event_dict)), default=str)
+    assert b"redacted" in expected
+    assert _RedactedJson(text=False)(None, "info", copy.deepcopy(event_dict)) == expected
+
+
+@settings(max_examples=500)
+@given(_texts)
+def test_the_first_look_agrees_with_the_pattern(text):
+    from amt_ingest.telemetry.logs import _SUSPECT, _suspect
+
+    assert _suspect(text) == (_SUSPECT.search(text) is not None)
+
+
+def test_batched_lines_are_written_together_at_the_end(tmp_path):
+    from amt_ingest.telemetry.logs import batched_lines
+
+    path = tmp_path / "log"
+    with open(path, "w") as out:
+        configure_logging("info", "json", stream=out)
+        log = structlog.get_logger("t")
+        log.info("before")
+        assert [json.loads(line)["event"] for line in path.read_text().splitlines()] == ["before"]
+        with batched_lines():
+            for n in range(3):
+                log.info("held", n=n)
+            with batched_lines():
+                log.info("nested")
+            assert len(path.read_text().splitlines()) == 1  # nothing written yet
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        assert [(line["event"], line.get("n")) for line in lines] == [
+            ("before", None),
+            ("held", 0),
+            ("held", 1),
+            ("held", 2),
+            ("nested", None),
+        ]
+
+        def fail_inside() -> None:
+            with batched_lines():
+                log.info("before the failure")
+                raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            fail_inside()
+        assert json.loads(path.read_text().splitlines()[-1])["event"] == "before the failure"
+        log.info("after")
+        assert json.loads(path.read_text().splitlines()[-1])["event"] == "after"
+
+
+@settings(max_examples=300)
+@given(st.integers(min_value=0, max_value=4_102_444_800 * 10**9))  # up to 2100
+def test_timestamps_are_written_as_datetime_writes_them(ns):
+    import datetime
+
+    from amt_ingest.telemetry.logs import iso_utc
+
+    seconds, us = divmod(ns // 1000, 1_000_000)
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC).replace(microsecond=us)
+    assert iso_utc(ns) == moment.isoformat().replace("+00:00", "Z")
+    whole = seconds * 10**9
+    assert iso_utc(whole) == moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def test_json_lines_carry_a_current_utc_timestamp():
+    import datetime
+
+    before = datetime.datetime.now(datetime.UTC)
+    (line,) = _lines("json", lambda log: log.info("now")).splitlines()
+    stamp = json.loads(line)["timestamp"]
+    assert stamp.endswith("Z")
+    moment = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert before <= moment <= datetime.datetime.now(datetime.UTC)
