@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     orgs_cache_s: float = Field(30.0, ge=0)
     dedup_ttl_seconds: int = Field(4 * 24 * 3600, ge=60)
     worker_max_jobs: int = Field(50, ge=1, le=1000)
-    worker_poll_delay: float = Field(0.05, gt=0)
+    worker_poll_delay: float = Field(0.02, gt=0)
     job_timeout: float = Field(120.0, gt=0)
     job_max_tries: int = Field(16, ge=1, le=100)
     job_batch: int = Field(50, ge=1, le=500)
@@ -136,9 +136,9 @@ class Settings(BaseSettings):
         "http/protobuf", validation_alias="OTEL_EXPORTER_OTLP_PROTOCOL"
     )
     otel_bsp_max_queue_size: int = Field(65_536, ge=1, validation_alias="OTEL_BSP_MAX_QUEUE_SIZE")
-    otel_bsp_schedule_delay: int = Field(1000, ge=1, validation_alias="OTEL_BSP_SCHEDULE_DELAY")
+    otel_bsp_schedule_delay: int = Field(200, ge=1, validation_alias="OTEL_BSP_SCHEDULE_DELAY")
     otel_bsp_max_export_batch_size: int = Field(
-        4096, ge=1, validation_alias="OTEL_BSP_MAX_EXPORT_BATCH_SIZE"
+        512, ge=1, validation_alias="OTEL_BSP_MAX_EXPORT_BATCH_SIZE"
     )
 
     _split = field_validator("sqs_queue_urls", "allowed_org_ids", mode="before")(_split_csv)
