@@ -197,6 +197,15 @@ def report(doc: dict[str, Any]) -> str:
                         "ms (commit to Redis; Redis to store)",
                     )
                 )
+    floor = lat.get("sqs_endpoint")
+    if floor:
+        measured.append(
+            (
+                f"  SQS endpoint alone at {floor['offered_eps']:g}/s",
+                f"p50 {_num(floor['p50'])} / p99 {_num(floor['p99'])} / max {_num(floor['max'])}",
+                "ms, commit to receive by a bare consumer (same run)",
+            )
+        )
     measured += [
         ("coalesce_ratio", _num(r.get("coalesce_ratio")), "store writes per event"),
         (

@@ -480,7 +480,51 @@ class Bench:
     async def latency_sqs(self) -> None:
         raw = self.results.get("sqs_raw_eps")
         rate = raw / 2 if raw else FALLBACK_SQS_RATE
+        await self._sqs_endpoint_floor(rate=rate, seconds=self.sizes.sqs_latency_s)
         await self._latency("sqs", rate=rate, seconds=self.sizes.sqs_latency_s)
+
+    async def _sqs_endpoint_floor(self, *, rate: float, seconds: float) -> None:
+        """The same offered load through SNS to the same queue, taken by a bare consumer
+        instead of the service: commit to receive, what the endpoint alone costs."""
+        n = max(10, int(rate * seconds))
+        queue_url = await self._queue()
+        moto = await self.stack.start_moto()
+        async with references.sqs_client(moto) as sqs:
+            sim = await self.stack.simulator(
+                "sqs-floor-sim",
+                _sim(
+                    "--fresh-records",
+                    "--wall-clock",
+                    "--sqs-only-rate",
+                    "1",
+                    events=n,
+                    records=n,
+                    rate=f"{rate:.3f}",
+                    seed=LATENCY_SEED + 1,
+                ),
+            )
+            try:
+                latencies = await references.sqs_latency_floor(
+                    sqs,
+                    queue_url,
+                    expected=n,
+                    until=sim.stats.exists,
+                    give_up_after=60 + seconds * 3,
+                )
+            finally:
+                await self._stop(sim.proc)
+            # Nothing of this run may reach the service's: polls abandoned at the
+            # end (1 s long) are over, then the queue is emptied.
+            await asyncio.sleep(1.2)
+            await sqs.purge_queue(QueueUrl=queue_url)
+        self.results.setdefault("latency_ms", {})["sqs_endpoint"] = {
+            "offered_eps": round(rate, 1),
+            "p50": _finite(percentile(latencies, 50)),
+            "p99": _finite(percentile(latencies, 99)),
+            "max": _finite(max(latencies) if latencies else None),
+            "events": n,
+            "received": len(latencies),
+        }
 
     # -- coalescing -----------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -31,9 +31,11 @@ __all__ = [
     "DEFAULTS",
     "arq_enqueue_eps",
     "arq_noop_jps",
+    "commit_ms_of",
     "create_queue",
     "prefill_queue",
     "sqs_client",
+    "sqs_latency_floor",
     "sqs_raw_eps",
     "ws_raw_eps",
 ]
@@ -257,3 +259,67 @@ async def sqs_raw_eps(
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
     return rate_from_samples(samples)
+
+
+def commit_ms_of(body: str) -> int | None:
+    """The commitTimestamp of the event in an SQS body (SNS envelope or raw)."""
+    try:
+        outer = orjson.loads(body)
+        event = orjson.loads(outer["Message"]) if "Message" in outer else outer
+        return int(event["payload"]["ChangeEventHeader"]["commitTimestamp"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+async def sqs_latency_floor(
+    sqs: Any, queue_url: str, *, expected: int, until: Callable[[], bool], give_up_after: float
+) -> list[float]:
+    """What the endpoint alone costs on the SQS path: a bare consumer (the service's
+    receivers per queue, receive 10 with all attributes, delete batch) on the queue
+    the simulator publishes to through SNS. Returns, per message, the time it was
+    received minus its event's commit timestamp (ms).
+
+    Stops once ``expected`` messages came, or ``until()`` holds and a receive came
+    back empty, or after ``give_up_after`` seconds. Long polls of 1 s, as in
+    :func:`sqs_raw_eps`: a poll abandoned at the end must not take later messages.
+    """
+    latencies: list[float] = []
+    done = asyncio.Event()
+
+    async def loop() -> None:
+        while not done.is_set():
+            reply = await sqs.receive_message(
+                QueueUrl=queue_url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=1,
+                VisibilityTimeout=DEFAULTS["sqs_visibility_timeout"],
+                MessageSystemAttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            )
+            now_ms = time.time() * 1000
+            messages = reply.get("Messages", [])
+            if not messages:
+                if until():
+                    done.set()
+                continue
+            for message in messages:
+                commit = commit_ms_of(message.get("Body", ""))
+                if commit is not None:
+                    latencies.append(now_ms - commit)
+            entries = [
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+            ]
+            await sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)
+            if len(latencies) >= expected:
+                done.set()
+
+    loops = [asyncio.create_task(loop()) for _ in range(DEFAULTS["sqs_receivers_per_queue"])]
+    try:
+        await asyncio.wait_for(done.wait(), give_up_after)
+    except TimeoutError:
+        pass
+    finally:
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+    return latencies

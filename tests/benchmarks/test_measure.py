@@ -109,3 +109,16 @@ def test_profile_keeps_the_main_thread_and_splits_idle(tmp_path: Path) -> None:
         ("route (amt_ingest/router.py)", 0.25),
     ]
     assert profile.top("inclusive") == [("ingest (amt_ingest/coordination.py)", 0.75)]
+
+
+def test_commit_time_is_read_from_both_sqs_body_shapes():
+    import json
+
+    from benchmarks.references import commit_ms_of
+
+    event = {"payload": {"ChangeEventHeader": {"commitTimestamp": 1764064158123}}}
+    raw = json.dumps(event)
+    envelope = json.dumps({"Type": "Notification", "Message": raw})
+    assert commit_ms_of(raw) == commit_ms_of(envelope) == 1764064158123
+    assert commit_ms_of("not json") is None
+    assert commit_ms_of(json.dumps({"Message": "{}"})) is None
