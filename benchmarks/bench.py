@@ -201,9 +201,9 @@ def report(doc: dict[str, Any]) -> str:
     if floor:
         measured.append(
             (
-                f"  SQS endpoint alone at {floor['offered_eps']:g}/s",
+                f"  SQS, bare consumer at {floor['offered_eps']:g}/s",
                 f"p50 {_num(floor['p50'])} / p99 {_num(floor['p99'])} / max {_num(floor['max'])}",
-                "ms, commit to receive by a bare consumer (same run)",
+                "ms, commit to receive (1 s long polls; same queue, same run)",
             )
         )
     measured += [
