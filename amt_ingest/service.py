@@ -77,6 +77,30 @@ async def _connect_redis(settings: Settings) -> aioredis.Redis:
     return client
 
 
+#: How long a starting service retries reading the allowed orgs: a SQLite file
+#: that another process is creating or switching to WAL is locked for a moment.
+ORGS_START_PATIENCE_S: Final = 10.0
+
+
+async def load_orgs_at_start(
+    orgs: OrgFilter, *, patience_s: float = ORGS_START_PATIENCE_S
+) -> frozenset[str]:
+    """The allowed orgs, read before any input is taken; a failed read is retried
+    with backoff for ``patience_s`` seconds, then stops the start (naming the
+    setting)."""
+    started = time.monotonic()
+    delays = backoff(0.2, 2.0)
+    while True:
+        try:
+            return await orgs.load()
+        except StoreError as exc:
+            delay = next(delays)
+            if time.monotonic() - started + delay > patience_s:
+                raise StoreError(f"AMT_DATABASE_URL: {exc}") from exc
+            log.warning("org_list_read_failed", error=str(exc), retry_in_s=round(delay, 2))
+            await asyncio.sleep(delay)
+
+
 async def _prepare_database(settings: Settings, store: Store) -> None:
     """Bring the schema to the newest migration (``AMT_DB_AUTO_UPGRADE``, the default) or
     refuse to start when it is behind."""
@@ -195,10 +219,7 @@ async def run_service(
         sqs: Any = None
         dlqs: dict[str, str] = {}
         if sources:
-            try:
-                allowed = await orgs.load()
-            except StoreError as exc:
-                raise StoreError(f"AMT_DATABASE_URL: {exc}") from exc
+            allowed = await load_orgs_at_start(orgs)
             if not allowed:
                 log.warning(
                     "org_filter_off",

@@ -121,6 +121,37 @@ async def test_a_failed_read_keeps_the_last_list(store):
         await orgs.load()
 
 
+async def test_a_starting_service_waits_out_a_short_read_failure(store):
+    """A SQLite file that another process is creating is locked for a moment: the
+    start retries the read instead of stopping."""
+    from amt_ingest.service import load_orgs_at_start
+    from amt_ingest.store import ALLOWED_ORG
+
+    await drop_allowed_org(store)  # reads fail until the table is back
+    orgs = OrgFilter(source=store, ttl_s=TTL, clock=Clock())
+
+    async def back_soon() -> None:
+        await asyncio.sleep(0.6)
+        async with store.engine.begin() as conn:
+            await conn.run_sync(ALLOWED_ORG.create)
+        await store.add_org(ORG)
+
+    restoring = asyncio.create_task(back_soon())
+    with capture_logs() as logs:
+        assert await load_orgs_at_start(orgs, patience_s=10) == {ORG[:15]}
+    await restoring
+    assert [e["event"] for e in logs if e["log_level"] == "warning"][:1] == ["org_list_read_failed"]
+
+
+async def test_a_starting_service_stops_when_the_table_stays_unreadable(store):
+    from amt_ingest.service import load_orgs_at_start
+
+    await drop_allowed_org(store)
+    orgs = OrgFilter(source=store, ttl_s=TTL, clock=Clock())
+    with pytest.raises(StoreError, match=r"^AMT_DATABASE_URL: reading the allowed orgs"):
+        await load_orgs_at_start(orgs, patience_s=1)
+
+
 async def test_a_table_never_read_is_not_guessed(store):
     await drop_allowed_org(store)
     orgs = OrgFilter([ORG], source=store, ttl_s=TTL, clock=Clock())
