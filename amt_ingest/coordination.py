@@ -186,6 +186,16 @@ class Turn:
     previous: asyncio.Future[None] | None
     done: asyncio.Future[None]
 
+    def finish(self) -> None:
+        """This hand-off's scripts ran, or will not run (no events, or it failed):
+        the next may go once the one before is done too, never earlier."""
+        if self.done.done():
+            return
+        if self.previous is None or self.previous.done():
+            self.done.set_result(None)
+        else:
+            self.previous.add_done_callback(lambda _: self.finish())
+
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
@@ -325,8 +335,8 @@ class Coordinator:
                 results.extend(await self._run_chunk(keys, spec))
             return results
         finally:
-            if turn is not None and not turn.done.done():
-                turn.done.set_result(None)
+            if turn is not None:
+                turn.finish()
 
     def _prepare_chunk(
         self,

@@ -120,8 +120,8 @@ class Router:
         try:
             return await self._route(events, path, turn)
         finally:
-            if turn is not None and not turn.done.done():
-                turn.done.set_result(None)
+            if turn is not None:
+                turn.finish()
 
     async def _route(self, events: Sequence[Event], path: str, turn: Turn | None) -> RouteReport:
         report = RouteReport()

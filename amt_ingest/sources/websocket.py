@@ -466,8 +466,8 @@ class WebSocketListener:
             try:
                 await self._hand_off_items(ws, items, before, turn)
             finally:
-                if turn is not None and not turn.done.done():
-                    turn.done.set_result(None)
+                if turn is not None:
+                    turn.finish()
 
     async def _hand_off_items(
         self,
