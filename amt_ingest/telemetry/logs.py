@@ -52,7 +52,10 @@ _IN_TEXT = (
 
 
 # Cheap first look: only text that mentions one of these can hold a secret above.
-_SUSPECT = re.compile(r"bearer|akia|asia|secret|token|passw|signature", re.I)
+_SUSPECT_WORDS = ("bearer", "akia", "asia", "secret", "token", "passw", "signature")
+_SUSPECT = re.compile("|".join(_SUSPECT_WORDS), re.I)
+# ... and a whole line (:func:`_maybe_secret`) also when it names a secret key.
+_LINE_WORDS = (*_SUSPECT_WORDS, "authorization", "credential", "access_key", "api_key")
 
 
 def _suspect(text: str) -> bool:
@@ -60,15 +63,7 @@ def _suspect(text: str) -> bool:
         # For ASCII text, what the case-insensitive pattern matches, but several
         # times faster (most log values are ids, names and short words).
         low = text.lower()
-        return (
-            "bearer" in low
-            or "akia" in low
-            or "asia" in low
-            or "secret" in low
-            or "token" in low
-            or "passw" in low
-            or "signature" in low
-        )
+        return any(word in low for word in _SUSPECT_WORDS)
     # Case-insensitive matching also pairs ASCII letters with a few others
     # (the Kelvin sign with k, the long s with s): leave that to the pattern.
     return _SUSPECT.search(text) is not None
@@ -206,19 +201,7 @@ def _maybe_secret(line: bytes) -> bool:
         return True  # case-insensitive matching of non-ASCII text: leave it to redact()
     # Substring search is faster on str than on bytes.
     low = line.decode("ascii").lower()
-    return (
-        "bearer" in low
-        or "akia" in low
-        or "asia" in low
-        or "secret" in low
-        or "token" in low
-        or "passw" in low
-        or "signature" in low
-        or "authorization" in low
-        or "credential" in low
-        or "access_key" in low
-        or "api_key" in low
-    )
+    return any(word in low for word in _LINE_WORDS)
 
 
 class _RedactedJson:
