@@ -285,21 +285,13 @@ async def test_failing_store_retries_then_dead_letters(coord):
     assert not await coord.redis.exists(record_key("Opportunity", RID))
 
 
-async def test_arq_worker_runs_the_jobs(coord, store, redis_url):
+async def run_worker_burst(coord: Coordinator, store, redis_url: str):
+    """A real arq worker of the service, in burst mode: it runs what is queued, then ends."""
     from amt_ingest.config import Settings
     from amt_ingest.jobs import build_worker, create_arq_pool
-
-    settings = Settings(redis_url=redis_url)
-    events = []
-    for i in range(20):
-        rid = f"0065g00000AbCd{i:04d}"
-        events.append(make_event(100 + i, {"Name": f"r{i}"}, record_ids=(rid,), change="CREATE"))
-        events.append(make_event(50 + i, {"StageName": "early"}, record_ids=(rid,)))
-    dup = copy.copy(events[0])
-    await coord.ingest(events, path="ws")
-    await coord.ingest([dup], path="sqs")
     from amt_ingest.salesforce import SalesforceClient
 
+    settings = Settings(redis_url=redis_url)
     salesforce = SalesforceClient("http://127.0.0.1:1", token=lambda: "unused")
     pool = await create_arq_pool(settings)
     worker = build_worker(
@@ -316,6 +308,19 @@ async def test_arq_worker_runs_the_jobs(coord, store, redis_url):
     finally:
         await pool.aclose()
         await salesforce.aclose()
+    return worker
+
+
+async def test_arq_worker_runs_the_jobs(coord, store, redis_url):
+    events = []
+    for i in range(20):
+        rid = f"0065g00000AbCd{i:04d}"
+        events.append(make_event(100 + i, {"Name": f"r{i}"}, record_ids=(rid,), change="CREATE"))
+        events.append(make_event(50 + i, {"StageName": "early"}, record_ids=(rid,)))
+    dup = copy.copy(events[0])
+    await coord.ingest(events, path="ws")
+    await coord.ingest([dup], path="sqs")
+    worker = await run_worker_burst(coord, store, redis_url)
     # The 20 records of one hand-off share one job, plus the reaper's cron run if
     # a tick fell inside the test.
     assert worker.jobs_complete in (1, 2) and worker.jobs_failed == 0
@@ -331,33 +336,14 @@ async def test_arq_worker_runs_the_jobs(coord, store, redis_url):
 async def test_a_job_queued_by_an_earlier_version_still_runs(coord, store, redis_url):
     """Jobs of one record (``apply_record(topic, record_id)``) queued before an
     upgrade are run by the worker of this version."""
-    from amt_ingest.config import Settings
     from amt_ingest.coordination import LEGACY_JOB_FUNCTION
-    from amt_ingest.jobs import build_worker, create_arq_pool
-    from amt_ingest.salesforce import SalesforceClient
 
     await coord.ingest([make_event(100, {"StageName": "A"})], path="ws")
     ((job, _),) = await queued_jobs(coord)
     raw = json.loads(await coord.redis.get(f"arq:job:{job}"))
     raw.update(f=LEGACY_JOB_FUNCTION, a=["Opportunity", RID])
     await coord.redis.set(f"arq:job:{job}", json.dumps(raw))
-    settings = Settings(redis_url=redis_url)
-    salesforce = SalesforceClient("http://127.0.0.1:1", token=lambda: "unused")
-    pool = await create_arq_pool(settings)
-    worker = build_worker(
-        settings,
-        pool=pool,
-        coordinator=coord,
-        store=store,
-        salesforce=salesforce,
-        handle_signals=False,
-        burst=True,
-    )
-    try:
-        await worker.main()
-    finally:
-        await pool.aclose()
-        await salesforce.aclose()
+    worker = await run_worker_burst(coord, store, redis_url)
     assert worker.jobs_failed == 0
     (row,) = [r async for r in store.export()]
     assert row["fields"] == {"StageName": "A"}
