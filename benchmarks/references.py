@@ -208,22 +208,21 @@ async def prefill_queue(sqs: Any, queue_url: str, *, events: int, records: int, 
             batch = []
 
 
-async def sqs_raw_eps(
-    sqs: Any, queue_urls: Sequence[str], *, expected: int, give_up_after: float = 120
-) -> float | None:
-    """Receive 10 + DeleteMessageBatch only, with the service's receivers per queue and
-    visibility timeout: messages per second until ``expected`` are gone.
-
-    The long-poll wait is 1 s instead of the service's 20: while messages are
-    queued a receive returns at once either way, and a poll abandoned at the end
-    must not hold messages that arrive later (moto keeps serving it).
-    """
-    samples: list[tuple[float, float]] = []
+async def _bare_consumers(
+    sqs: Any,
+    queue_urls: Sequence[str],
+    *,
+    handle: Callable[[list[dict[str, Any]], int, float], bool],
+    idle: Callable[[], bool] = lambda: False,
+    give_up_after: float,
+) -> None:
+    """The service's receivers per queue, each: receive 10 with all attributes (1 s
+    long polls), DeleteMessageBatch, then ``handle(messages, failed deletes,
+    received at ms)``; until ``handle`` or, after an empty receive, ``idle()`` says
+    done, or ``give_up_after`` seconds."""
     done = asyncio.Event()
-    deleted = 0
 
     async def loop(url: str) -> None:
-        nonlocal deleted
         while not done.is_set():
             reply = await sqs.receive_message(
                 QueueUrl=url,
@@ -233,16 +232,17 @@ async def sqs_raw_eps(
                 MessageSystemAttributeNames=["All"],
                 MessageAttributeNames=["All"],
             )
+            received_ms = time.time() * 1000
             messages = reply.get("Messages", [])
             if not messages:
+                if idle():
+                    done.set()
                 continue
             entries = [
                 {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
             ]
             answer = await sqs.delete_message_batch(QueueUrl=url, Entries=entries)
-            deleted += len(entries) - len(answer.get("Failed", []))
-            samples.append((time.perf_counter(), deleted))
-            if deleted >= expected:
+            if handle(messages, len(answer.get("Failed", [])), received_ms):
                 done.set()
 
     loops = [
@@ -258,6 +258,28 @@ async def sqs_raw_eps(
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+
+
+async def sqs_raw_eps(
+    sqs: Any, queue_urls: Sequence[str], *, expected: int, give_up_after: float = 120
+) -> float | None:
+    """Receive 10 + DeleteMessageBatch only, with the service's receivers per queue and
+    visibility timeout: messages per second until ``expected`` are gone.
+
+    The long-poll wait is 1 s instead of the service's 20: while messages are
+    queued a receive returns at once either way, and a poll abandoned at the end
+    must not hold messages that arrive later (moto keeps serving it).
+    """
+    samples: list[tuple[float, float]] = []
+    deleted = 0
+
+    def deleted_now(messages: list[dict[str, Any]], failed: int, _received_ms: float) -> bool:
+        nonlocal deleted
+        deleted += len(messages) - failed
+        samples.append((time.perf_counter(), deleted))
+        return deleted >= expected
+
+    await _bare_consumers(sqs, queue_urls, handle=deleted_now, give_up_after=give_up_after)
     return rate_from_samples(samples)
 
 
@@ -284,42 +306,15 @@ async def sqs_latency_floor(
     :func:`sqs_raw_eps`: a poll abandoned at the end must not take later messages.
     """
     latencies: list[float] = []
-    done = asyncio.Event()
 
-    async def loop() -> None:
-        while not done.is_set():
-            reply = await sqs.receive_message(
-                QueueUrl=queue_url,
-                MaxNumberOfMessages=10,
-                WaitTimeSeconds=1,
-                VisibilityTimeout=DEFAULTS["sqs_visibility_timeout"],
-                MessageSystemAttributeNames=["All"],
-                MessageAttributeNames=["All"],
-            )
-            now_ms = time.time() * 1000
-            messages = reply.get("Messages", [])
-            if not messages:
-                if until():
-                    done.set()
-                continue
-            for message in messages:
-                commit = commit_ms_of(message.get("Body", ""))
-                if commit is not None:
-                    latencies.append(now_ms - commit)
-            entries = [
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
-            ]
-            await sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)
-            if len(latencies) >= expected:
-                done.set()
+    def received(messages: list[dict[str, Any]], _failed: int, received_ms: float) -> bool:
+        for message in messages:
+            commit = commit_ms_of(message.get("Body", ""))
+            if commit is not None:
+                latencies.append(received_ms - commit)
+        return len(latencies) >= expected
 
-    loops = [asyncio.create_task(loop()) for _ in range(DEFAULTS["sqs_receivers_per_queue"])]
-    try:
-        await asyncio.wait_for(done.wait(), give_up_after)
-    except TimeoutError:
-        pass
-    finally:
-        for task in loops:
-            task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
+    await _bare_consumers(
+        sqs, [queue_url], handle=received, idle=until, give_up_after=give_up_after
+    )
     return latencies
