@@ -66,16 +66,16 @@ local function flush()
   if not open_job then
     return
   end
-  if reopened then
-    if #open_recs > 0 then
-      for i = 1, #open_recs do
-        redis.call('SADD', PENDING, open_recs[i])
-      end
+  -- The records already name the job (set as they joined): only the pending
+  -- set and the job's payload are left to write.
+  if #open_recs > 0 then
+    redis.call('SADD', PENDING, unpack(open_recs))
+    if reopened then
       reopened.a = {open_ids}
       redis.call('SET', 'arq:job:' .. open_job, cjson.encode(reopened), 'KEEPTTL')
+    else
+      enqueue(queue, open_job, job_ttl, fn, {open_ids}, now)
     end
-  else
-    start_job(open_job, open_recs, open_ids, queue, job_ttl, fn, now)
   end
   last_open, last_size = open_job, #open_ids
   open_job, open_recs, open_ids, reopened = nil, {}, {}, nil

@@ -32,8 +32,8 @@ end
 local function start_job(job_id, recs, ids, queue, ttl_ms, fn, at, due)
   for i = 1, #recs do
     redis.call('HSET', recs[i], 'job', job_id)
-    redis.call('SADD', PENDING, recs[i])
   end
+  redis.call('SADD', PENDING, unpack(recs))
   enqueue(queue, job_id, ttl_ms, fn, {ids}, at, due)
 end
 
