@@ -743,3 +743,33 @@ async def test_records_join_the_open_job_until_a_worker_starts_it(redis_url, sto
     assert sorted([r["id"] async for r in store.export()]) == ids
     assert await coord.pending_records() == 0
     await client.aclose()
+
+
+async def test_records_that_changed_during_a_run_go_together_to_one_fresh_job(coord, store):
+    ids = rids(3)
+    await coord.ingest(
+        [make_event(100, {"Name": "a"}, record_ids=(rid,)) for rid in ids], path="ws"
+    )
+    ((job, _), _, _) = await queued_jobs(coord)
+    members = [("Opportunity", rid) for rid in ids]
+    claimed = await coord.claim_batch(members, job, token="run-1", lease_ms=60_000)
+    assert not isinstance(claimed, int) and all(r is not None for r in claimed)
+    records = [r for r in claimed if r is not None]
+    # Two of the three records change while the run writes.
+    await coord.ingest(
+        [make_event(200, {"Name": "b"}, record_ids=(rid,)) for rid in ids[1:]], path="sqs"
+    )
+    for record in records:
+        await store.apply(record.topic, record.record_id, record.org_id, record.changes)
+    statuses, next_job = await coord.complete_batch(records, job)
+    assert statuses == ["released", "handed_over", "handed_over"] and next_job
+    assert [(j, m) for j, m in await queued_jobs(coord) if j != job] == [
+        (next_job, ["Opportunity", rid]) for rid in ids[1:]
+    ]
+    assert await coord.pending_records() == 2
+    await coord.redis.delete(f"arq:job:{job}")
+    await coord.redis.zrem(QUEUE_NAME, job)
+    assert await run_queued_jobs(coord, store) == 1
+    rows = {r["id"]: r["fields"]["Name"] async for r in store.export()}
+    assert rows == {ids[0]: "a", ids[1]: "b", ids[2]: "b"}
+    assert await coord.pending_records() == 0
