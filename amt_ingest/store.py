@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from . import migrations
@@ -288,28 +288,25 @@ class Store:
 
         Returns one outcome per item, in order: its result, or the error that kept
         it from being written (:class:`FencedError` as in :meth:`apply`). When the
-        shared transaction fails, each record is written in a transaction of its
-        own, so that one bad record does not hold back the others.
+        shared transaction fails on the data, each record is written in a
+        transaction of its own, so that one bad record does not hold back the
+        others; when the database cannot be reached (or is locked), every record
+        fails alike, without one more attempt each.
         """
-        if len(items) == 1:
-            item = items[0]
-            try:
-                return [
-                    await self.apply(
-                        item.topic, item.record_id, item.org_id, item.changes, fence=item.fence
-                    )
-                ]
-            except (FencedError, StoreError) as exc:
-                return [exc]
-        for attempt in (1, 2):
+        failure: Exception | None = None
+        for _attempt in (1, 2):
             try:
                 return await self._apply_batch(items)
-            except IntegrityError:
+            except IntegrityError as exc:
                 # Another writer inserted one of the rows first; the second pass updates it.
-                if attempt == 2:
-                    break
-            except (SQLAlchemyError, OSError):
+                failure = exc
+            except (OperationalError, InterfaceError, OSError) as exc:
+                return [StoreError(f"{i.topic} {i.record_id}: {exc}") for i in items]
+            except SQLAlchemyError as exc:
+                failure = exc
                 break
+        if len(items) == 1:
+            return [StoreError(f"{items[0].topic} {items[0].record_id}: {failure}")]
         outcomes: list[ApplyResult | FencedError | StoreError] = []
         for item in items:
             try:
