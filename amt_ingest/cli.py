@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import signal
 import sys
 from collections.abc import Sequence
@@ -170,16 +171,26 @@ def _parser() -> argparse.ArgumentParser:
 
     resync = sub.add_parser(
         "resync",
-        help="re-read every record of a type modified since an instant",
-        description="Mark every record of TOPIC that Salesforce says was modified at or after "
-        "--since for a re-read; the service's workers re-read and apply them. Resumable: "
-        "run the same command again (same --id) to continue an interrupted resync.",
+        help="learn again every change of a type since an instant, or reconcile it in full",
+        description="--since: mark every record of TOPIC that Salesforce says was modified at "
+        "or after the instant for a re-read, and tombstone every record it says was deleted "
+        "since (the deleted-records resource). --full: re-read every record the store holds "
+        "as live; those Salesforce no longer has become tombstones (the remedy when "
+        "Salesforce no longer knows every delete of a window). The service's workers do the "
+        "reading and apply it. Resumable: run the same command again (same --id) to "
+        "continue an interrupted resync.",
     )
     resync.add_argument("topic", choices=list(TOPICS))
-    resync.add_argument(
-        "--since", required=True, help="ISO-8601 instant, e.g. 2026-11-25T09:00:00Z"
+    window = resync.add_mutually_exclusive_group(required=True)
+    window.add_argument("--since", help="ISO-8601 instant, e.g. 2026-11-25T09:00:00Z")
+    window.add_argument(
+        "--full", action="store_true", help="reconcile every live record the store holds"
     )
-    resync.add_argument("--org", help="org id of the records (default: AMT_ALLOWED_ORG_IDS if one)")
+    resync.add_argument(
+        "--org",
+        help="org id of the records (--since: default AMT_ALLOWED_ORG_IDS if one; "
+        "--full: default every org)",
+    )
     resync.add_argument(
         "--rate", type=float, help="records marked per second (default AMT_RESYNC_RATE)"
     )
@@ -439,24 +450,21 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _resync(settings: Settings, args: argparse.Namespace) -> int:
-    import datetime as dt
     import uuid
 
     import redis.asyncio as aioredis
 
     from .coordination import Coordinator
-    from .resync import position_at, run_resync
+    from .resync import ResyncResult, position_at, run_full_resync, run_resync
     from .salesforce import SalesforceClient
+    from .store import Store
 
-    try:
-        since = dt.datetime.fromisoformat(args.since.replace("Z", "+00:00"))
-    except ValueError:
+    since = None if args.full else _instant(args.since)
+    if not args.full and since is None:
         print(f"amt_ingest: --since {args.since!r} is not an ISO-8601 instant", file=sys.stderr)
         return 2
-    if since.tzinfo is None:
-        since = since.replace(tzinfo=dt.UTC)
     org = args.org or (settings.allowed_org_ids[0] if len(settings.allowed_org_ids) == 1 else None)
-    if org is None:
+    if org is None and not args.full:
         print(
             "amt_ingest: name the org with --org (AMT_ALLOWED_ORG_IDS holds no single org)",
             file=sys.stderr,
@@ -464,28 +472,71 @@ async def _resync(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     resync_id = args.resync_id or f"cli-{uuid.uuid4().hex[:12]}"
     client = aioredis.Redis.from_url(settings.redis_url)
-    salesforce = SalesforceClient(settings.salesforce_base_url, token=settings.read_token)
+    coordinator = Coordinator(client, dedup_ttl=settings.dedup_ttl_seconds)
     bar = _ProgressBar(f"resync {args.topic}")
+    result: ResyncResult
     try:
-        result = await run_resync(
-            Coordinator(client, dedup_ttl=settings.dedup_ttl_seconds),
-            salesforce,
-            topic=args.topic,
-            position=position_at(since),
-            org=org,
-            resync_id=resync_id,
-            rate=args.rate or settings.resync_rate,
-            on_progress=bar.update,
-        )
+        if since is None:
+            store = Store.open(settings.database_url)
+            try:
+                result = await run_full_resync(
+                    coordinator,
+                    store,
+                    topic=args.topic,
+                    org=args.org,
+                    resync_id=resync_id,
+                    rate=args.rate or settings.resync_rate,
+                    on_progress=bar.update,
+                )
+            finally:
+                await store.close()
+        else:
+            assert org is not None
+            salesforce = SalesforceClient.from_settings(settings)
+            try:
+                result = await run_resync(
+                    coordinator,
+                    salesforce,
+                    topic=args.topic,
+                    position=position_at(since),
+                    org=org,
+                    resync_id=resync_id,
+                    rate=args.rate or settings.resync_rate,
+                    on_progress=bar.update,
+                )
+            finally:
+                await salesforce.aclose()
     finally:
         bar.close()
-        await salesforce.aclose()
         await client.aclose()
+    if since is None:
+        print(
+            f"resync {resync_id}: {result.found} live records in the store, "
+            f"{result.marked} marked for a re-read, {result.already_done} done before"
+        )
+        return 0
     print(
-        f"resync {resync_id}: {result.found} records modified since {since.isoformat()}, "
-        f"{result.marked} marked for a re-read, {result.already_done} done before"
+        f"resync {resync_id}: {result.found - result.deleted} records modified and "
+        f"{result.deleted} deleted since {since.isoformat()}, {result.marked} marked, "
+        f"{result.already_done} done before"
     )
+    if result.deletes_known_from is not None:
+        print(
+            f"amt_ingest: Salesforce no longer knows every delete before "
+            f"{result.deletes_known_from}: run `python -m amt_ingest resync {args.topic} --full`",
+            file=sys.stderr,
+        )
+        return 3
     return 0
+
+
+def _instant(text: str) -> dt.datetime | None:
+    """An ISO-8601 instant (``Z`` or an offset; a naive one is UTC), or None."""
+    try:
+        instant = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return instant if instant.tzinfo is not None else instant.replace(tzinfo=dt.UTC)
 
 
 class _ProgressBar:

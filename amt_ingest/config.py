@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     ws_backoff_initial: float = Field(0.5, gt=0)
     ws_backoff_max: float = Field(30.0, gt=0)
     salesforce_base_url: str = "http://127.0.0.1:8766"
+    salesforce_deleted_lookback_s: float = Field(15 * 24 * 3600.0, gt=120)
+    salesforce_deleted_max_span_s: float = Field(30 * 24 * 3600.0, gt=120)
 
     # SQS
     sqs_queue_urls: CsvList = Field(default_factory=list)
@@ -92,6 +94,7 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("AMT_MAX_PENDING_RECORDS", "AMT_MAX_QUEUED_JOBS"),
     )
     resync_rate: float = Field(100.0, gt=0)
+    resync_overlap_s: float = Field(300.0, ge=0)
     dead_letter_file: Path = Path("./amt_ingest-dead-letters.jsonl")
 
     # Operations

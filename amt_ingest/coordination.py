@@ -51,6 +51,7 @@ __all__ = [
     "JOB_FUNCTION",
     "LEGACY_JOB_FUNCTION",
     "QUEUE_NAME",
+    "RECONCILE_FIELD",
     "REREAD_FIELD",
     "Coordinator",
     "IngestResult",
@@ -65,7 +66,13 @@ JOB_FUNCTION: Final = "apply_records"
 #: The one-record job of earlier versions; jobs queued by them still run.
 LEGACY_JOB_FUNCTION: Final = "apply_record"
 PENDING_KEY: Final = "amt:pending"
+#: Pending pseudo-fields (values ``true``) at a position: ``__reread__``, the record
+#: changed there in a way no event told (a gap, a resync): read it, and a snapshot
+#: older than that position is not its content yet; ``__reconcile__``, a full
+#: reconciliation asks whether it still exists: read it, any snapshot will do.
+#: Either way a 404 is a tombstone at the marker's position.
 REREAD_FIELD: Final = "__reread__"
+RECONCILE_FIELD: Final = "__reconcile__"
 STATS_KEY: Final = "amt:stats"
 RESYNC_FUNCTION: Final = "resync_topic"
 RESYNCS_KEY: Final = "amt:resyncs"
@@ -596,16 +603,22 @@ class Coordinator:
 
     # -- resyncs ---------------------------------------------------------------
 
-    async def mark_for_reread(self, topic: str, record_id: str, *, position: str, org: str) -> bool:
-        """Have the record re-read by its job (a resync found it modified)."""
+    async def mark(
+        self, topic: str, record_id: str, changes: Mapping[str, tuple[str, Any]], *, org: str
+    ) -> int:
+        """Merge positioned changes that no event brought (a re-read marker, a
+        tombstone of the deleted-records resource, a reconciliation marker) into the
+        record's pending changes, newest wins, and give it a job if none owns it.
+
+        Returns how many were newer than what was pending (0: a no-op).
+        """
+        args: list[Any] = [org, self.queue_name, JOB_TTL_MS, JOB_FUNCTION, topic, record_id]
+        for name, (position, value) in changes.items():
+            args.extend((name, position, orjson.dumps(value)))
         try:
-            merged = await self._mark(
-                keys=[record_key(topic, record_id)],
-                args=[position, org, self.queue_name, JOB_TTL_MS, JOB_FUNCTION, topic, record_id],
-            )
+            return int(await self._mark(keys=[record_key(topic, record_id)], args=args))
         except (RedisError, OSError) as exc:
             raise CoordinationError(f"marking {topic} {record_id} failed: {exc}") from exc
-        return bool(merged)
 
     async def enqueue_resync(self, topic: str, *, position: str, org: str, resync_id: str) -> None:
         """Queue a resync job of ``topic`` from ``position`` (idempotent per ``resync_id``)."""
@@ -661,14 +674,19 @@ class Coordinator:
         except (RedisError, OSError) as exc:
             raise CoordinationError(f"{what} failed: {exc}") from exc
 
-    async def resyncs(self) -> list[dict[str, str]]:
-        """Recent resyncs, newest first, with their progress."""
-        ids = await _done(self.redis.zrevrange(RESYNCS_KEY, 0, 49), "listing resyncs")
-        out = []
+    async def resyncs(self, limit: int = 50) -> list[dict[str, str]]:
+        """Recent resyncs, newest first, with their progress (two round trips)."""
+        ids = await _done(self.redis.zrevrange(RESYNCS_KEY, 0, limit - 1), "listing resyncs")
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
         for raw in ids:
-            progress = await self.resync_progress(raw.decode())
+            pipe.hgetall(f"amt:resync:{raw.decode()}")
+        out = []
+        for raw, progress in zip(ids, await self._execute(pipe, "reading resyncs"), strict=True):
             if progress:
-                out.append({"id": raw.decode(), **progress})
+                fields = {k.decode(): v.decode() for k, v in progress.items()}
+                out.append({"id": raw.decode(), **fields})
         return out
 
     # -- cursors and counters ----------------------------------------------------
@@ -742,6 +760,7 @@ class Coordinator:
             throttle,
         ) = await self._execute(pipe, "reading the overview")
         return {
+            "resyncs": await self.resyncs(limit=10),
             "stats": {k.decode(): int(v) for k, v in stats.items()},
             "lags_ms": [int(v) for v in lags],
             "queued_jobs": int(queued),

@@ -42,6 +42,7 @@ __all__ = [
     "Rejected",
     "SubscribedFrame",
     "event_effect",
+    "lost_window_position",
     "parse_event",
     "parse_sqs_message",
     "parse_ws_frame",
@@ -196,6 +197,14 @@ def position_key(commit_timestamp: int, commit_number: int, sequence_number: int
 
 
 POSITION_WIDTH: Final = 45
+
+
+def lost_window_position(newest: str, overlap_s: float) -> str:
+    """Where the resync of a lost WebSocket window starts: ``overlap_s`` before the
+    newest event handed off. Events reach the stream a little out of commit order, so
+    an event after the resume point may have committed before the newest one handed
+    off; starting there alone would miss it."""
+    return position_key(max(0, int(newest[:15]) - int(overlap_s * 1000)), 0, 0)
 
 
 def _first_error(exc: ValidationError) -> str:

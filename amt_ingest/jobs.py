@@ -43,6 +43,7 @@ from .coordination import (
     JOB_FUNCTION,
     LEGACY_JOB_FUNCTION,
     QUEUE_NAME,
+    RECONCILE_FIELD,
     REREAD_FIELD,
     RESYNC_FUNCTION,
     Coordinator,
@@ -232,10 +233,17 @@ async def _apply_claimed(
             record = run.record
             changes = dict(record.changes)
             reread = changes.pop(REREAD_FIELD, None)
-            if reread is not None:
+            reconcile = changes.pop(RECONCILE_FIELD, None)
+            if reread is not None or reconcile is not None:
                 try:
                     changes = await _hydrate(
-                        ctx, record.topic, record.record_id, changes, reread[0], bound
+                        ctx,
+                        record.topic,
+                        record.record_id,
+                        changes,
+                        reread[0] if reread else None,
+                        reconcile[0] if reconcile else None,
+                        bound,
                     )
                 except SalesforceError as exc:
                     run.error = str(exc)
@@ -398,22 +406,26 @@ async def _hydrate(
     topic: str,
     record_id: str,
     changes: dict[str, tuple[str, Any]],
-    reread_position: str,
+    reread_position: str | None,
+    reconcile_position: str | None,
     bound: Any,
 ) -> dict[str, tuple[str, Any]]:
-    """Add the record as Salesforce has it now (a gap event hid what changed).
+    """Add the record as Salesforce has it now (a gap event hid what changed, or a
+    full reconciliation asks whether it still exists).
 
     The snapshot is positioned at its SystemModstamp: it wins over every change
-    at or before it and loses to later ones. A 404 is a tombstone at the gap's
-    position. A snapshot older than the gap is not the gap's content yet: retry.
+    at or before it and loses to later ones. A 404 is a tombstone at the newer
+    marker's position. A snapshot older than a re-read marker is not the gap's
+    content yet: retry (a reconciliation marker takes any snapshot).
     """
     client: SalesforceClient = ctx["salesforce"]
     snapshot = await client.get_record(topic, record_id)
     if snapshot is None:
         bound.info("record_reread", outcome="not_found")
-        return combine(changes, {DELETED_FIELD: (reread_position, True)})
+        tombstone = max(p for p in (reread_position, reconcile_position) if p is not None)
+        return combine(changes, {DELETED_FIELD: (tombstone, True)})
     position = snapshot_position(snapshot.modstamp_ms)
-    if position < reread_position:
+    if reread_position is not None and position < reread_position:
         raise SalesforceError(
             f"{topic} {record_id}: SystemModstamp {snapshot.modstamp_ms} predates the gap"
         )

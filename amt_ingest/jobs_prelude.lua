@@ -9,6 +9,11 @@
 --   pending (amt:pending), and its arq job is queued: state change and enqueue
 --   are one atomic step.
 -- new_job(rec, queue, ttl_ms, fn, topic, record_id[, now]): start_job for one record.
+-- merge_pending(rec, args, from, org, queue, ttl_ms, fn, topic, record_id): merge the
+--   triples args[from..] (pending field name, position, JSON value) into the record's
+--   pending changes, newest position wins per field; if any was newer, count a
+--   change, give the record its org if it has none, and a job if none owns it.
+--   Returns how many triples were merged.
 
 local PENDING = 'amt:pending'
 
@@ -41,4 +46,25 @@ local function new_job(rec, queue, ttl_ms, fn, topic, record_id, at)
   local job_id = next_job_id()
   start_job(job_id, {rec}, {{topic, record_id}}, queue, ttl_ms, fn, at)
   return job_id
+end
+
+local function merge_pending(rec, args, from, org, queue, ttl_ms, fn, topic, record_id)
+  local merged = 0
+  for i = from, #args, 3 do
+    local hk = 'f:' .. args[i]
+    local pos = args[i + 1]
+    local cur = redis.call('HGET', rec, hk)
+    if (not cur) or string.sub(cur, 1, string.len(pos)) < pos then
+      redis.call('HSET', rec, hk, pos .. args[i + 2])
+      merged = merged + 1
+    end
+  end
+  if merged > 0 then
+    redis.call('HINCRBY', rec, 'ver', 1)
+    redis.call('HSETNX', rec, 'org', org)
+    if not redis.call('HGET', rec, 'job') then
+      new_job(rec, queue, ttl_ms, fn, topic, record_id)
+    end
+  end
+  return merged
 end

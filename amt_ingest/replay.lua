@@ -16,26 +16,9 @@
 -- Returns the number of entries merged (0 when nothing was newer), or -1 when
 -- the dead letter is gone (replayed already).
 
-local rec = KEYS[1]
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then
   return -1
 end
-local merged = 0
-for i = 8, #ARGV, 3 do
-  local hk = 'f:' .. ARGV[i]
-  local pos = ARGV[i + 1]
-  local cur = redis.call('HGET', rec, hk)
-  if (not cur) or string.sub(cur, 1, string.len(pos)) < pos then
-    redis.call('HSET', rec, hk, pos .. ARGV[i + 2])
-    merged = merged + 1
-  end
-end
-if merged > 0 then
-  redis.call('HINCRBY', rec, 'ver', 1)
-  redis.call('HSET', rec, 'org', ARGV[7])
-  if not redis.call('HGET', rec, 'job') then
-    new_job(rec, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-  end
-end
+local merged = merge_pending(KEYS[1], ARGV, 8, ARGV[7], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 redis.call('HDEL', KEYS[2], ARGV[1])
 return merged

@@ -272,7 +272,7 @@ async def run_service(
         if worker:
             pool = await create_arq_pool(settings)
             stack.push_async_callback(pool.aclose)
-            salesforce = SalesforceClient(settings.salesforce_base_url, token=settings.read_token)
+            salesforce = SalesforceClient.from_settings(settings)
             stack.push_async_callback(salesforce.aclose)
             runner = WorkerRunner(
                 settings,

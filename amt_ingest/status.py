@@ -56,6 +56,7 @@ def build_view(
         lambda: {"total": 0, "per_s": 0.0, "duplicates": 0, "one_path": 0}
     )
     rejected: dict[str, int] = defaultdict(int)
+    deletes_unknown: dict[str, int] = defaultdict(int)
     for key, value in stats.items():
         kind, _, rest = key.partition(":")
         path, _, topic = rest.partition(":")
@@ -70,6 +71,8 @@ def build_view(
             per[(path, topic)]["one_path"] += value
         elif kind == "rejected":
             rejected[f"{path}:{topic}"] += value
+        elif kind == "deletes_unknown":
+            deletes_unknown[topic] += value
     gauges: dict[str, str] = current["gauges"]
     depths = {k.removeprefix("depth:"): int(v) for k, v in gauges.items() if k.startswith("depth:")}
     depths["arq"] = current["queued_jobs"]
@@ -90,6 +93,8 @@ def build_view(
             for (p, t), row in sorted(per.items())
         ],
         "rejected": dict(sorted(rejected.items())),
+        "resyncs": [_resync_row(r) for r in current.get("resyncs", [])],
+        "deletes_unknown": dict(sorted(deletes_unknown.items())),
         "path_lag_ms": {
             "p50": percentile(lags, 0.5),
             "p99": percentile(lags, 0.99),
@@ -104,6 +109,45 @@ def build_view(
         "gauges_age_s": round(time.time() - updated / 1000, 1) if updated else None,
         "ready": ready,
     }
+
+
+def _resync_row(progress: dict[str, str]) -> dict[str, Any]:
+    return {
+        "id": progress["id"],
+        "topic": progress.get("topic", ""),
+        "since": progress.get("since", ""),
+        "state": progress.get("state", ""),
+        "marked": int(progress.get("marked", "0")),
+        "total": int(progress.get("total", "0")),
+        "deleted": int(progress.get("deleted", "0")),
+        "deletes_known_from": progress.get("deletes_known_from"),
+    }
+
+
+def _resync_table(view: dict[str, Any]) -> Table | None:
+    rows = view["resyncs"]
+    if not rows:
+        return None
+    table = Table(title="Resyncs (newest first)", expand=False)
+    for column in ("id", "topic", "since", "state", "marked", "deletes"):
+        table.add_column(column, justify="right" if column == "marked" else "left")
+    for row in rows:
+        known = row["deletes_known_from"]
+        deletes = Text(
+            f"UNKNOWN before {known}: run resync {row['topic']} --full"
+            if known
+            else f"{row['deleted']:,} found",
+            style="bold red" if known else "",
+        )
+        table.add_row(
+            row["id"],
+            row["topic"],
+            row["since"],
+            row["state"],
+            f"{row['marked']:,}/{row['total']:,}",
+            deletes,
+        )
+    return table
 
 
 def render(view: dict[str, Any]) -> Group:
@@ -137,6 +181,11 @@ def render(view: dict[str, Any]) -> Group:
     system.add_row("retry throttle", view["throttle"])
     for key, n in view["rejected"].items():
         system.add_row(f"rejected {key}", f"{n:,}")
+    for topic, n in view["deletes_unknown"].items():
+        system.add_row(
+            f"resyncs missing deletes {topic}",
+            Text(f"{n:,}: run resync {topic} --full", style="bold red"),
+        )
     ws = view["websocket"]
     if ws:
         state = "connected" if ws["connected"] else "DISCONNECTED"
@@ -154,7 +203,8 @@ def render(view: dict[str, Any]) -> Group:
         for name, check in ready.get("checks", {}).items():
             style = "green" if check["ok"] else "bold red"
             system.add_row(f"ready: {name}", Text(check["detail"], style=style))
-    return Group(events, system)
+    resyncs = _resync_table(view)
+    return Group(events, system, resyncs) if resyncs is not None else Group(events, system)
 
 
 def _readiness(url: str | None) -> dict[str, Any] | None:

@@ -34,6 +34,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     event,
+    func,
     select,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -465,6 +466,19 @@ class Store:
                 return _allowed_org(row)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"removing org {org_id}: {exc}") from exc
+
+    async def live_records(self, topic: str, *, org: str | None = None) -> list[tuple[str, str]]:
+        """``(id, org_id)`` of every record of ``topic`` not deleted (of ``org`` only, 15
+        or 18 characters, when given), by id. Raises :class:`StoreError`."""
+        t = TABLES[topic].table
+        query = select(t.c.id, t.c.org_id).where(t.c.deleted.is_(False)).order_by(t.c.id)
+        if org is not None:
+            query = query.where(func.substr(t.c.org_id, 1, 15) == org[:15])
+        try:
+            async with self.engine.connect() as conn:
+                return [(row.id, row.org_id) for row in await conn.execute(query)]
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"listing the live {topic} records failed: {exc}") from exc
 
     async def export(self) -> AsyncIterator[dict[str, Any]]:
         """Every record, sorted by topic then id, in the PROTOCOL.md section 5 shape."""

@@ -28,9 +28,18 @@ class SimulatorOptions:
     as credits allow and the simulator's memory stays bounded even with
     ``events`` 0 (with a ``rate``, no faster than it either);
     ``wait_for_subscriber`` starts generating at the first subscription;
-    ``wall_clock`` stamps ``commitTimestamp`` with the real time of generation;
     ``fresh_records`` makes every event create a new record (see
     :class:`~amt_ingest.simulator.world.World`).
+
+    ``wall_clock`` (the default) stamps ``commitTimestamp`` with the real time
+    of generation, as Salesforce does; without it the seeded clock runs from
+    2026-11-25T09:00:00Z, 250 ms per transaction on average, so that a seed
+    gives the same truth to the millisecond (the deleted-records resource then
+    refuses windows that start more than ``deleted_lookback_s`` before that
+    clock, and a service's own clock is far from it: for unit-level runs only).
+    ``deleted_retention_s`` > 0 purges deletes older than that from the delete
+    log (``earliestDateAvailable`` moves up); ``event_log`` writes one JSON
+    line per main-org change and the id of what carried it.
     """
 
     host: str = "127.0.0.1"
@@ -64,8 +73,12 @@ class SimulatorOptions:
     aws_region: str | None = None
     on_demand: bool = False
     wait_for_subscriber: bool = False
-    wall_clock: bool = False
+    wall_clock: bool = True
     fresh_records: bool = False
+    event_log: Path | None = None
+    deleted_lookback_s: float = 15 * 24 * 3600.0
+    deleted_max_span_s: float = 30 * 24 * 3600.0
+    deleted_retention_s: float = 0.0
 
     def __post_init__(self) -> None:
         rates = ("dup_rate", "ooo_rate", "ws_only_rate", "sqs_only_rate")
@@ -74,7 +87,7 @@ class SimulatorOptions:
                 raise ValueError(f"{name} must be within [0, 1]")
         if self.ws_only_rate + self.sqs_only_rate > 1.0:
             raise ValueError("ws_only_rate + sqs_only_rate must not exceed 1")
-        for name in ("rate", "events", "retention", "heartbeat_interval"):
+        for name in ("rate", "events", "retention", "heartbeat_interval", "deleted_retention_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         for name in ("records", "max_batch", "page_size", "ooo_window"):
@@ -82,6 +95,8 @@ class SimulatorOptions:
                 raise ValueError(f"{name} must be at least 1")
         if self.heartbeat_interval == 0:
             raise ValueError("heartbeat_interval must be positive")
+        if self.deleted_lookback_s <= 0 or self.deleted_max_span_s <= 60:
+            raise ValueError("deleted_lookback_s must be positive, deleted_max_span_s over 60")
 
 
 def _rate(text: str) -> float:
@@ -122,10 +137,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start generating when the first WebSocket subscription is made",
     )
-    gen.add_argument(
+    clock = gen.add_mutually_exclusive_group()
+    clock.add_argument(
         "--wall-clock",
+        dest="wall_clock",
         action="store_true",
-        help="commitTimestamp is the real time of generation (latency measurements)",
+        default=d.wall_clock,
+        help="commitTimestamp is the real time of generation (the default)",
+    )
+    clock.add_argument(
+        "--seeded-clock",
+        dest="wall_clock",
+        action="store_false",
+        help="commitTimestamp from a seeded clock starting 2026-11-25T09:00:00Z: the same"
+        " seed gives the same truth to the millisecond",
     )
     gen.add_argument(
         "--fresh-records",
@@ -169,9 +194,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " replay_id_expired and close 4410 (tests: Simulator.expire_replay_ids())",
     )
     proto.add_argument("--page-size", type=int, default=d.page_size, help="REST query page size")
+    proto.add_argument(
+        "--deleted-lookback",
+        type=float,
+        default=d.deleted_lookback_s,
+        metavar="SECONDS",
+        help="deleted-records resource: how far back start may be (default 15 days)",
+    )
+    proto.add_argument(
+        "--deleted-max-span",
+        type=float,
+        default=d.deleted_max_span_s,
+        metavar="SECONDS",
+        help="deleted-records resource: longest start-to-end window (default 30 days)",
+    )
+    proto.add_argument(
+        "--deleted-retention",
+        type=float,
+        default=d.deleted_retention_s,
+        metavar="SECONDS",
+        help="purge deletes older than this from the delete log (earliestDateAvailable"
+        " moves up); 0 keeps every delete",
+    )
     out = parser.add_argument_group("outputs")
     out.add_argument("--truth", type=Path, help="write the ground truth (JSON lines) here")
     out.add_argument("--stats", type=Path, help="write generation/delivery stats (JSON) here")
+    out.add_argument(
+        "--event-log",
+        type=Path,
+        help="append one JSON line per main-org change here (its event id, what carried"
+        " it: itself, its GAP_* form or a GAP_OVERFLOW; topic, change, records)",
+    )
     aws = parser.add_argument_group("AWS (endpoint and credentials from AWS_* variables)")
     aws.add_argument(
         "--sqs-queue-url",
@@ -220,4 +273,8 @@ def options_from_args(ns: argparse.Namespace) -> SimulatorOptions:
         wait_for_subscriber=ns.wait_for_subscriber,
         wall_clock=ns.wall_clock,
         fresh_records=ns.fresh_records,
+        event_log=ns.event_log,
+        deleted_lookback_s=ns.deleted_lookback,
+        deleted_max_span_s=ns.deleted_max_span,
+        deleted_retention_s=ns.deleted_retention,
     )

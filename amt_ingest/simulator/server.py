@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import hmac
 import http
+import random
 import signal
 import time
 import weakref
@@ -40,6 +41,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from amt_ingest.simulator import control
 from amt_ingest.simulator.aws import BackoffFactory, SnsPublisher, SqsSender, backoff
 from amt_ingest.simulator.options import SimulatorOptions
 from amt_ingest.simulator.rest import make_app
@@ -494,7 +496,12 @@ class Simulator:
                 malformed_sqs=bool(options.sqs_queue_urls),
             ),
             org_id=options.org_id,
+            keep_log=options.event_log is not None,
         )
+        self._script_rng = random.Random(f"amt-sim:{options.seed}:script")
+        self._event_log: Any = None
+        self._purged_at = 0.0
+        self.scripted = 0
         self.stream = LiveStream(StreamLog(options.retention))
         self.token = TokenSource(options.token, options.token_file)
         self._ws = StreamServer(self.stream, options, token=self.token, faults=faults)
@@ -536,7 +543,16 @@ class Simulator:
                 )
                 await self._sqs.start()
             await self._ws.start()
-            app = make_app(self.world, token=self.token, page_size=opts.page_size)
+            if opts.event_log is not None:
+                self._event_log = opts.event_log.open("ab")  # closed in stop()
+            app = make_app(
+                self.world,
+                token=self.token,
+                page_size=opts.page_size,
+                deleted_lookback_ms=int(opts.deleted_lookback_s * 1000),
+                deleted_max_span_ms=int(opts.deleted_max_span_s * 1000),
+            )
+            control.add_routes(app, self)
             self._rest = web.AppRunner(app, access_log=None)
             await self._rest.setup()
             await web.TCPSite(self._rest, opts.host, opts.sf_port).start()
@@ -579,6 +595,7 @@ class Simulator:
                     out.extend(self.plan.route_transaction(self._transaction))
                     self._transaction = []
             self.generated += count
+            self._purge_deletes(loop.time())
             await self._deliver(out)
             await asyncio.sleep(0)
         if self._transaction:  # cut short by ``events``
@@ -597,8 +614,17 @@ class Simulator:
             latest_replay_id=self.stream.log.latest_replay_id,
         )
 
+    def _purge_deletes(self, now: float) -> None:
+        retention = self.options.deleted_retention_s
+        if retention and now - self._purged_at >= 1.0:
+            self._purged_at = now
+            self.world.deletes.purge(self.world.now_ms - int(retention * 1000))
+
     async def _deliver(self, out: Deliveries) -> None:
         self.stream.extend(out.ws)
+        if self._event_log is not None and out.log:
+            self._event_log.write(b"".join(orjson.dumps(line) + b"\n" for line in out.log))
+            self._event_log.flush()
         if self._sns is not None:
             for event in out.sns:
                 await self._sns.publish(event)
@@ -627,6 +653,56 @@ class Simulator:
             through=through or self.stream.log.latest_replay_id,
         )
 
+    def set_sns(self, *, enabled: bool) -> None:
+        """Start (``enabled=False``) or end an SNS outage (see :mod:`.control`)."""
+        self.plan.sns_down = not enabled
+        log.info("simulator.sns", enabled=enabled)
+
+    async def script(self, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Generate the main-org transactions ``steps`` describe (:mod:`.control`), now.
+
+        The transaction under way is finished first, so that scripted ones
+        never split it. Raises ValueError for a step the records do not allow
+        (the steps before it are delivered).
+        """
+        out = Deliveries()
+        while self._transaction and self.world.transaction_open:
+            self._transaction.append(self.world.next_event())
+        if self._transaction:
+            out.extend(self.plan.route_transaction(self._transaction))
+            self._transaction = []
+        results: list[dict[str, Any]] = []
+        try:
+            for raw in steps:
+                step = control.parse_step(raw, results)
+                records = step["records"]
+                if step["pick"]:
+                    live = self.world.live_ids(step["topic"])
+                    if len(live) < step["pick"]:
+                        raise ValueError(f"fewer than {step['pick']} live {step['topic']} records")
+                    records = self._script_rng.sample(live, step["pick"])
+                events = self.world.script(
+                    step["kind"],
+                    topic=step["topic"],
+                    record_ids=records,
+                    size=step["size"],
+                    fields=step["fields"] or None,
+                )
+                self.scripted += len(events)
+                out.extend(
+                    self.plan.route_transaction(
+                        events, overflow=step["overflow"], ws_delay=step["ws_delay"] or None
+                    )
+                )
+                changed = [
+                    r for e in events for r in e["payload"]["ChangeEventHeader"]["recordIds"]
+                ]
+                results.append({"records": changed, "event_ids": [e["event_id"] for e in events]})
+        finally:
+            await self._deliver(out)
+        log.info("simulator.scripted", steps=len(results))
+        return results
+
     def stats(self) -> dict[str, Any]:
         truth = self.world.truth()
         aws: dict[str, int] = {}
@@ -646,6 +722,8 @@ class Simulator:
                 "records": len(truth),
                 "deleted": sum(1 for r in truth if r["deleted"]),
             },
+            "sns_down": self.plan.sns_down,
+            "scripted_events": self.scripted,
             # See DeliveryPlan.withheld_then_deleted: truth fields a re-read may not recover.
             "withheld_then_deleted": [
                 {"topic": topic, "id": record_id}
@@ -666,6 +744,9 @@ class Simulator:
         await self._ws.close()
         rest, sns, sqs = self._rest, self._sns, self._sqs
         self._rest = self._sns = self._sqs = None
+        if self._event_log is not None:
+            self._event_log.close()
+            self._event_log = None
         if rest is not None:
             await rest.cleanup()
         if sns is not None:

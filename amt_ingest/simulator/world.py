@@ -45,6 +45,7 @@ __all__ = [
     "MAIN_ORG_ID",
     "OVERFLOW_SEQUENCE",
     "START_MS",
+    "DeleteLog",
     "Deliveries",
     "DeliveryPlan",
     "DeliveryRates",
@@ -58,6 +59,7 @@ __all__ = [
     "WsItem",
     "WsRawFrame",
     "apply_event",
+    "event_summary",
     "gap_event",
     "iso_ms",
     "overflow_event",
@@ -280,6 +282,46 @@ def truth_jsonl(records: list[dict[str, Any]]) -> bytes:
     return b"".join(orjson.dumps(r) + b"\n" for r in records)
 
 
+class DeleteLog:
+    """Salesforce's delete log, as its deleted-records resource reads it.
+
+    Every delete of the main org, per topic, in commit order. A record deleted
+    and undeleted later stays listed at its delete (each delete is kept, the
+    stricter reading of "Get Deleted Records" for a consumer: its tombstone must
+    lose to the later undelete). :meth:`purge` drops old entries, as
+    Salesforce's background purge does; ``earliestDateAvailable`` is then the
+    newest purged delete (None before any purge: the resource answers the start
+    of its look-back). ``start_ms`` is the org's first instant.
+    """
+
+    def __init__(self, start_ms: int) -> None:
+        self.start_ms = start_ms
+        self._entries: dict[str, list[tuple[int, str]]] = {t: [] for t in TOPICS}
+        self._purged: dict[str, int] = {}
+
+    def add(self, topic: str, record_id: str, deleted_ms: int) -> None:
+        self._entries[topic].append((deleted_ms, record_id))
+
+    def between(self, topic: str, start_ms: int, end_ms: int) -> list[tuple[str, int]]:
+        """``(id, deleted_ms)`` of the deletes with ``start_ms <= deleted_ms <= end_ms``."""
+        return [(rid, ms) for ms, rid in self._entries[topic] if start_ms <= ms <= end_ms]
+
+    def earliest_available_ms(self, topic: str) -> int | None:
+        """The newest delete of ``topic`` purged from the log, None if none was."""
+        return self._purged.get(topic)
+
+    def purge(self, before_ms: int) -> int:
+        """Forget every delete older than ``before_ms``; returns how many went."""
+        dropped = 0
+        for topic, entries in self._entries.items():
+            old = [entry for entry in entries if entry[0] < before_ms]
+            if old:
+                self._purged[topic] = max(self._purged.get(topic, 0), max(ms for ms, _ in old))
+                self._entries[topic] = [entry for entry in entries if entry[0] >= before_ms]
+                dropped += len(old)
+        return dropped
+
+
 # --- Event generation ------------------------------------------------------------
 
 
@@ -336,16 +378,14 @@ class _Org:
             "External_Attachment__c": n_att,
             "Application_Item__c": records - n_opp - n_att,
         }
-        seen: set[str] = set()
+        self._prefixes = prefixes
+        self._by_id: dict[str, _Slot] = {}
         self.slots: list[_Slot] = []
         self.by_topic: dict[str, list[_Slot]] = {t: [] for t in TOPICS}
         for topic in TOPICS:
             for _ in range(counts[topic]):
-                record_id = prefixes[topic] + self._alnum(8)
-                while record_id in seen:
-                    record_id = prefixes[topic] + self._alnum(8)
-                seen.add(record_id)
-                slot = _Slot(topic, record_id)
+                slot = _Slot(topic, self._new_id(topic))
+                self._by_id[slot.id] = slot
                 self.slots.append(slot)
                 self.by_topic[topic].append(slot)
         # Records not created yet, in the order fresh-records mode creates them (popped
@@ -360,8 +400,7 @@ class _Org:
 
     # -- transactions
 
-    def next_transaction(self) -> list[dict[str, Any]]:
-        """The events of the next transaction, in sequence order, applied to the slots."""
+    def _begin(self) -> _Txn:
         rng = self.rng
         spacing = max(1, round(rng.expovariate(1.0 / self._mean_spacing)))
         if self._clock is None:
@@ -370,12 +409,81 @@ class _Org:
             # Real time, never backwards: equal instants are ordered by commitNumber.
             self._clock_ms = max(self._clock_ms, self._clock())
         self._commit_number += rng.randint(1, 60)
-        txn = _Txn(_uuid4(rng), self._clock_ms, self._commit_number, rng.choice(self._users))
+        return _Txn(_uuid4(rng), self._clock_ms, self._commit_number, rng.choice(self._users))
+
+    @property
+    def now_ms(self) -> int:
+        """The org's clock: the real time with a clock, else the last commit time."""
+        return self._clock_ms if self._clock is None else max(self._clock_ms, self._clock())
+
+    def next_transaction(self) -> list[dict[str, Any]]:
+        """The events of the next transaction, in sequence order, applied to the slots."""
+        rng = self.rng
+        txn = self._begin()
         if self._fresh:
             txn.sequence = 1
             return [self._create(txn, self._fresh.pop())]
         size = rng.randint(2, 3) if rng.random() < _TXN_RATE else 1
         return [self._change(txn) for _ in range(size)]
+
+    def scripted_transaction(
+        self,
+        kind: str,
+        *,
+        topic: str,
+        record_ids: list[str],
+        size: int,
+        fields: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """One transaction chosen by a test rather than by chance (see :meth:`World.script`)."""
+        txn = self._begin()
+        txn.sequence = 1
+        if kind == "create":
+            slot = _Slot(topic, self._new_id(topic))
+            self.slots.append(slot)
+            self.by_topic[topic].append(slot)
+            self._by_id[slot.id] = slot
+            return [self._create(txn, slot)]
+        if kind == "bulk":
+            live = [s for s in self.by_topic[topic] if s.created and not s.deleted]
+            if len(live) < size:
+                raise ValueError(f"fewer than {size} live {topic} records")
+            slots = self.rng.sample(live, size)
+            values = (
+                dict(fields) if fields else {n: self._new_value(slots[0], n) for n in _BULK[topic]}
+            )
+            return [self._apply_update(txn, topic, slots, values)]
+        slots = [self._slot(record_id) for record_id in record_ids]
+        if not slots:
+            raise ValueError(f"{kind} needs record ids")
+        events: list[dict[str, Any]] = []
+        for slot in slots:
+            if kind == "delete" and slot.created and not slot.deleted:
+                events.append(self._delete(txn, slot))
+            elif kind == "undelete" and slot.deleted:
+                events.append(self._undelete(txn, slot))
+            elif kind == "update" and slot.created and not slot.deleted and fields:
+                events.append(self._apply_update(txn, slot.topic, [slot], dict(fields)))
+            elif kind == "update" and slot.created and not slot.deleted:
+                events.append(self._update(txn, slot))
+            else:
+                raise ValueError(
+                    f"cannot {kind} {slot.id} (created {slot.created}, deleted {slot.deleted})"
+                )
+            txn.sequence += 1
+        return events
+
+    def _slot(self, record_id: str) -> _Slot:
+        slot = self._by_id.get(record_id)
+        if slot is None:
+            raise ValueError(f"no record {record_id} in this org")
+        return slot
+
+    def _new_id(self, topic: str) -> str:
+        record_id = self._prefixes[topic] + self._alnum(8)
+        while record_id in self._by_id:
+            record_id = self._prefixes[topic] + self._alnum(8)
+        return record_id
 
     def _change(self, txn: _Txn) -> dict[str, Any]:
         rng = self.rng
@@ -681,6 +789,44 @@ class World:
         self._pending: list[dict[str, Any]] = []
         self._states: dict[tuple[str, str], RecordState] = {}
         self.stats = WorldStats()
+        #: The main org's deletes, for the deleted-records resource.
+        self.deletes = DeleteLog(self._main.now_ms)
+
+    @property
+    def now_ms(self) -> int:
+        """The main org's clock (the real time with ``clock``, else its last commit)."""
+        return self._main.now_ms
+
+    def script(
+        self,
+        kind: str,
+        *,
+        topic: str = "Opportunity",
+        record_ids: list[str] | None = None,
+        size: int = 3,
+        fields: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The events of one main-org transaction chosen by a test, in sequence order.
+
+        ``kind``: ``create`` (a new record of ``topic``, beyond the population),
+        ``delete``, ``undelete`` or ``update`` (each of ``record_ids``), ``bulk``
+        (one update of ``size`` live records of ``topic``, the same values for
+        all). An update or a bulk sets ``fields`` when given (any names: a field
+        no random change touches stays as the script left it), else fields
+        chosen at random. Call it between transactions (not while :attr:`transaction_open`).
+        Raises ValueError when the records do not allow it. Scripted
+        transactions change what follows: the events after them are no longer
+        those of the seed alone.
+        """
+        if self._pending:
+            raise ValueError("a transaction is still open")
+        events = self._main.scripted_transaction(
+            kind, topic=topic, record_ids=list(record_ids or ()), size=size, fields=fields
+        )
+        self.stats.transactions += 1
+        for event in events:
+            self._account(event)
+        return events
 
     def next_event(self) -> dict[str, Any]:
         """The next event, shaped as PROTOCOL.md section 1 without ``replay_id``.
@@ -717,6 +863,9 @@ class World:
         if len(header["recordIds"]) > 1:
             stats.multi_record_events += 1
         apply_event(self._states, event)
+        if change == "DELETE":
+            for record_id in header["recordIds"]:
+                self.deletes.add(topic, record_id, header["commitTimestamp"])
 
     # -- the truth
 
@@ -728,6 +877,17 @@ class World:
         """The record's true current state (deleted ones included), or None if unseen."""
         return self._states.get((topic, record_id))
 
+    def live_ids(self, topic: str) -> list[str]:
+        """Ids of the main org's live records of ``topic``, sorted."""
+        return sorted(r for (t, r), s in self._states.items() if t == topic and not s.deleted)
+
+    def deleted_between(self, topic: str, start_ms: int, end_ms: int) -> list[tuple[str, int]]:
+        """``(id, deleted_ms)`` of the main org's deletes of ``topic`` in the window."""
+        return self.deletes.between(topic, start_ms, end_ms)
+
+    def earliest_delete_available_ms(self, topic: str) -> int | None:
+        return self.deletes.earliest_available_ms(topic)
+
     def modified_since(self, topic: str, since_ms: int) -> list[RecordState]:
         """Live records of ``topic`` whose last change committed at or after ``since_ms``,
         oldest change first (like ``SELECT Id ... WHERE SystemModstamp >= ...``)."""
@@ -738,6 +898,20 @@ class World:
         ]
         found.sort(key=lambda s: (s.modstamp_ms, s.id))
         return found
+
+
+def event_summary(event: dict[str, Any], *, sent_as: str) -> dict[str, Any]:
+    """One line of the event log: a real change, and the id of what carried it
+    (itself, its ``GAP_*`` form, or the ``GAP_OVERFLOW`` that replaced it)."""
+    header = event["payload"]["ChangeEventHeader"]
+    return {
+        "event_id": event["event_id"],
+        "sent_as": sent_as,
+        "topic": event["topic"],
+        "change": header["changeType"],
+        "records": list(header["recordIds"]),
+        "commit_ms": header["commitTimestamp"],
+    }
 
 
 # --- Withheld content ----------------------------------------------------------------
@@ -881,16 +1055,19 @@ WsItem = WsEvent | WsBadEvent | WsRawFrame
 
 @dataclass(slots=True)
 class Deliveries:
-    """What to send now: appended to the stream, published to SNS, sent raw to SQS."""
+    """What to send now: appended to the stream, published to SNS, sent raw to SQS;
+    ``log``: the event log lines of the main-org changes routed (with ``keep_log``)."""
 
     ws: list[WsItem] = field(default_factory=list)
     sns: list[dict[str, Any]] = field(default_factory=list)
     sqs_raw: list[str] = field(default_factory=list)
+    log: list[dict[str, Any]] = field(default_factory=list)
 
     def extend(self, other: Deliveries) -> None:
         self.ws.extend(other.ws)
         self.sns.extend(other.sns)
         self.sqs_raw.extend(other.sqs_raw)
+        self.log.extend(other.log)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -904,10 +1081,10 @@ class DeliveryRates:
     Withheld content concerns the main org only. ``gap_rate`` is per
     CREATE/UPDATE/DELETE/UNDELETE event (sent as ``GAP_<change>``).
     ``overflow_rate`` is per *eligible* transaction: one that changes at least
-    two records and deletes none (a resync by ``SELECT Id ... WHERE
-    SystemModstamp >= <commit time>`` lists live records only, so a delete
-    hidden by an overflow could never be found again); it is sent as one
-    ``GAP_OVERFLOW`` per topic it touched, and its events not at all.
+    two records; it is sent as one ``GAP_OVERFLOW`` per topic it touched, and
+    its events not at all. A resync lists the live records it changed (``SELECT
+    Id ... WHERE SystemModstamp >= <commit time>``) and the deletes it hid (the
+    deleted-records resource).
     """
 
     dup_rate: float = 0.0
@@ -942,13 +1119,15 @@ class DeliveryRates:
 @dataclass(slots=True)
 class DeliveryStats:
     """What the plan did. ``routed`` counts events as delivered (overflows, not
-    the events they replaced). ``gaps`` counts events sent as ``GAP_<change>``
-    by that type; ``overflows`` the GAP_OVERFLOW events, ``overflow_events``
-    the events they replaced and ``overflow_records`` the records those changed
-    (per overflow event). ``withheld_then_deleted`` counts
+    the events they replaced); ``sns_outage`` those that went to the WebSocket
+    alone because SNS was down (:attr:`DeliveryPlan.sns_down`). ``gaps`` counts
+    events sent as ``GAP_<change>`` by that type; ``overflows`` the GAP_OVERFLOW
+    events, ``overflow_events`` the events they replaced and ``overflow_records``
+    the records those changed (per overflow event). ``withheld_then_deleted`` counts
     :attr:`DeliveryPlan.withheld_then_deleted`."""
 
     routed: int = 0
+    sns_outage: int = 0
     ws_only: int = 0
     sqs_only: int = 0
     both: int = 0
@@ -985,9 +1164,21 @@ class DeliveryPlan:
     ``org_id`` is the main org, the only one whose content is ever withheld.
     """
 
-    def __init__(self, seed: int, rates: DeliveryRates, *, org_id: str = MAIN_ORG_ID) -> None:
+    def __init__(
+        self,
+        seed: int,
+        rates: DeliveryRates,
+        *,
+        org_id: str = MAIN_ORG_ID,
+        keep_log: bool = False,
+    ) -> None:
         self.rates = rates
         self.org_id = org_id
+        #: While True, nothing is published to SNS: every event goes to the WebSocket
+        #: alone (an SNS outage; the WebSocket log is then the only copy).
+        self.sns_down = False
+        #: Fill :attr:`Deliveries.log` with a line per main-org change.
+        self.keep_log = keep_log
         self._rng = random.Random(f"amt-sim:{seed}:route")
         self._bad_rng = random.Random(f"amt-sim:{seed}:malformed")
         self._gap_rng = random.Random(f"amt-sim:{seed}:gap")
@@ -1006,14 +1197,40 @@ class DeliveryPlan:
         )
         self.stats = DeliveryStats()
 
-    def route_transaction(self, events: list[dict[str, Any]]) -> Deliveries:
+    def route_transaction(
+        self,
+        events: list[dict[str, Any]],
+        *,
+        overflow: bool = False,
+        ws_delay: int | None = None,
+    ) -> Deliveries:
         """How the events of one transaction (in sequence order) are delivered,
-        plus anything released or injected now."""
-        sent = self._withhold(events)
+        plus anything released or injected now.
+
+        For scripted scenarios: ``overflow`` sends the transaction as
+        ``GAP_OVERFLOW`` events whatever the rate; ``ws_delay`` holds each of its
+        events back on the WebSocket until that many later events were pushed.
+        """
+        sent = self._overflow(events) if overflow else self._withhold(events)
         out = Deliveries()
+        if self.keep_log:
+            out.log.extend(self._log_lines(events, sent))
         for event in sent:
-            out.extend(self._route(event))
+            out.extend(self._route(event, ws_delay=ws_delay))
         return out
+
+    def _log_lines(
+        self, events: list[dict[str, Any]], sent: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        carriers = {e["topic"]: e["event_id"] for e in sent if not _header(e)["recordIds"]}
+        lines = []
+        for event in events:
+            if event["org_id"] != self.org_id:
+                continue
+            overflowed = event["event_id"] not in {e["event_id"] for e in sent}
+            carrier = carriers[event["topic"]] if overflowed else event["event_id"]
+            lines.append(event_summary(event, sent_as=carrier))
+        return lines
 
     def route(self, event: dict[str, Any]) -> Deliveries:
         """:meth:`route_transaction` for an event that is a transaction of its own."""
@@ -1052,7 +1269,7 @@ class DeliveryPlan:
         records: set[str] = set()
         for event in events:
             header = _header(event)
-            if header["changeType"] not in ("CREATE", "UPDATE", "UNDELETE"):
+            if header["changeType"] not in _GAPPABLE:
                 return False
             records.update(header["recordIds"])
         return len(records) >= 2
@@ -1095,7 +1312,7 @@ class DeliveryPlan:
         elif hidden:
             self._withheld.update(keys)
 
-    def _route(self, event: dict[str, Any]) -> Deliveries:
+    def _route(self, event: dict[str, Any], *, ws_delay: int | None = None) -> Deliveries:
         rates, rng, stats = self.rates, self._rng, self.stats
         stats.routed += 1
         on_ws, on_sns = True, rates.sns
@@ -1109,9 +1326,12 @@ class DeliveryPlan:
                 stats.sqs_only += 1
             else:
                 stats.both += 1
+        if on_sns and self.sns_down:
+            on_ws, on_sns = True, False
+            stats.sns_outage += 1
         out = Deliveries()
         if on_ws:
-            out.ws.extend(self._ws.push(WsEvent(event)))
+            out.ws.extend(self._ws.push(WsEvent(event), delay=ws_delay))
             stats.ws_entries += 1
             if rates.dup_rate > 0 and rng.random() < rates.dup_rate:
                 later = rng.randint(0, rates.ooo_window)

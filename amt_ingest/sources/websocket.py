@@ -49,6 +49,7 @@ from ..events import (
     HeartbeatFrame,
     Rejected,
     SubscribedFrame,
+    lost_window_position,
     parse_ws_frame,
 )
 from ..policy import backoff
@@ -243,12 +244,15 @@ class WebSocketListener:
 
     async def _resync_expired_window(self) -> None:
         """Events between the last hand-off and what Passport still holds may never
-        come: resync every type from the newest event handed off."""
+        come: resync every type from a little before the newest event handed off
+        (``AMT_RESYNC_OVERLAP_S``: an event of the lost window may have committed
+        before it and reached the stream after it)."""
         try:
             newest = await self.coordinator.cursor_newest(CURSOR)
             if newest is None:
                 return  # nothing handed off yet: `earliest` covers everything retained
-            position, org = newest
+            position = lost_window_position(newest[0], self.settings.resync_overlap_s)
+            org = newest[1]
             window = uuid.uuid4().hex[:12]
             for topic in TOPICS:
                 await self.coordinator.enqueue_resync(

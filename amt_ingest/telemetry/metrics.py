@@ -84,6 +84,12 @@ class Metrics:
             description="Commit timestamp of a change to its commit in the store",
             explicit_bucket_boundaries_advisory=list(_LATENCY_BUCKETS),
         )
+        self.resync_deletes_unknown = meter.create_counter(
+            "amt.resync.deletes_unknown",
+            unit="{resync}",
+            description="Resyncs whose window Salesforce no longer knows every delete of "
+            "(earliestDateAvailable after its start): run a full reconciliation of the topic",
+        )
         self.ws_reconnects = meter.create_counter(
             "amt.websocket.reconnects",
             unit="{reconnect}",

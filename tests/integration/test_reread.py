@@ -13,6 +13,7 @@ from amt_ingest.events import Event, parse_event
 from amt_ingest.jobs import apply_record
 from amt_ingest.salesforce import SalesforceClient, SalesforceError, parse_modstamp
 from amt_ingest.simulator import Simulator, SimulatorOptions
+from amt_ingest.simulator.world import iso_ms
 from tests.conftest import SAMPLES
 from tests.integration.test_coordination import make_event, queued_jobs
 
@@ -222,12 +223,15 @@ async def test_overflow_resyncs_the_type_from_its_commit_time(sim, coord, store)
     finally:
         await client.aclose()
     expected = {rid for rid, ms in modstamps.items() if ms >= cut}
-    assert outcomes[0] == f"resync:{len(expected)}"
+    deleted = {rid for rid, _ in sim.world.deleted_between("External_Attachment__c", cut, 2**62)}
+    assert outcomes[0] == f"resync:{len(expected) + len(deleted)}"
     rows = {r["id"]: r async for r in store.export()}
-    assert set(rows) == expected
+    assert set(rows) == expected | deleted
     for record in truth:
         if record["id"] in expected:
             assert rows[record["id"]] == record
+        elif record["id"] in deleted:
+            assert rows[record["id"]]["deleted"] and rows[record["id"]]["fields"] == {}
 
 
 async def test_a_resync_resumes_where_it_stopped(sim, coord):
@@ -286,6 +290,7 @@ async def test_resync_command_marks_records_for_the_workers(sim, coord, redis_ur
         AMT_PASSPORT_TOKEN=TOKEN,
         AMT_ALLOWED_ORG_IDS="00D5g000004ZzABEA0",
     )
+    since = iso_ms(sim.world.deletes.start_ms)  # the simulated org's first instant
     out = await asyncio.to_thread(
         subprocess.run,
         [
@@ -295,7 +300,7 @@ async def test_resync_command_marks_records_for_the_workers(sim, coord, redis_ur
             "resync",
             "Application_Item__c",
             "--since",
-            "2000-01-01T00:00:00Z",
+            since,
             "--rate",
             "0",
         ],
@@ -306,11 +311,14 @@ async def test_resync_command_marks_records_for_the_workers(sim, coord, redis_ur
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    alive = [
-        r for r in sim.world.truth() if r["topic"] == "Application_Item__c" and not r["deleted"]
-    ]
-    assert f"{len(alive)} records modified" in out.stdout
-    assert len(await queued_jobs(coord)) == len(alive)
+    truth = [r for r in sim.world.truth() if r["topic"] == "Application_Item__c"]
+    alive = [r for r in truth if not r["deleted"]]
+    deletes = sim.world.deleted_between("Application_Item__c", 0, sim.world.now_ms)
+    assert deletes
+    assert f"{len(alive)} records modified and {len(deletes)} deleted" in out.stdout
+    # A job per record: the live ones re-read, the deleted ones tombstoned (a record
+    # deleted and undeleted since is both, once).
+    assert len(await queued_jobs(coord)) == len({r["id"] for r in alive} | {i for i, _ in deletes})
     bad = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "amt_ingest", "resync", "Opportunity", "--since", "yesterday"],

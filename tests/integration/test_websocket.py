@@ -645,8 +645,9 @@ async def test_expired_cursor_resubscribes_from_earliest(
 
 
 async def test_expired_resume_point_queues_a_resync_of_every_type(rig: RigFactory) -> None:
-    """Events in the expired window may never come: each type is resynced from the
-    newest event handed off before the expiry."""
+    """Events in the expired window may never come: each type is resynced from
+    ``AMT_RESYNC_OVERLAP_S`` before the newest event handed off before the expiry
+    (an event after the resume point may have committed before that one)."""
     from amt_ingest.events import TOPICS, position_key
 
     r = await rig(events=20, faults=Faults(subscribed=expire_first))
@@ -661,7 +662,10 @@ async def test_expired_resume_point_queues_a_resync_of_every_type(rig: RigFactor
         if job_id.startswith(b"resync:")
     ]
     assert sorted(a[0] for a in resyncs) == sorted(TOPICS)
-    assert all(a[1] == newest and a[2] == "00D5g000004ZzABEA0" for a in resyncs)
+    overlap_ms = int(running.listener.settings.resync_overlap_s * 1000)
+    start = position_key(1764064158000 - overlap_ms, 0, 0)
+    assert overlap_ms == 300_000
+    assert all(a[1] == start and a[2] == "00D5g000004ZzABEA0" for a in resyncs)
     assert running.listener.state.reconnects == 1
 
 

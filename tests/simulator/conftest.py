@@ -14,7 +14,8 @@ from amt_ingest.simulator.server import FaultPolicy
 
 @pytest.fixture
 async def make_sim() -> AsyncIterator[SimFactory]:
-    """Start simulators on free ports (no SNS, flat out unless told); stop them afterwards."""
+    """Start simulators on free ports (no SNS, flat out, the seeded clock unless told);
+    stop them afterwards."""
     started: list[Simulator] = []
 
     async def factory(*, faults: FaultPolicy | None = None, **options: Any) -> Simulator:
@@ -24,6 +25,7 @@ async def make_sim() -> AsyncIterator[SimFactory]:
             "sns": False,
             "rate": 0,
             "token": TOKEN,
+            "wall_clock": False,
         }
         sim = Simulator(SimulatorOptions(**(defaults | options)), faults=faults)
         await sim.start()

@@ -149,7 +149,7 @@ def simulator_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes],
         "asyncio.run(run_simulator(options_from_args(p.parse_args(sys.argv[1:]))))\n"
     )
     argv = [sys.executable, "-c", script, "--port", "0", "--sf-port", "0", "--no-sns"]
-    argv += ["--rate", "0", "--events", "300", "--seed", "11", "--records", "40"]
+    argv += ["--rate", "0", "--events", "300", "--seed", "11", "--records", "40", "--seeded-clock"]
     argv += ["--foreign-org-rate", "0.2", "--truth", str(truth)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
