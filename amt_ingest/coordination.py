@@ -45,7 +45,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .errors import CoordinationError
-from .events import DELETED_FIELD, POSITION_WIDTH, Event, event_effect
+from .events import DELETED_FIELD, FULL_FIELD, POSITION_WIDTH, Event, event_effect
 
 __all__ = [
     "JOB_FUNCTION",
@@ -175,12 +175,14 @@ def pending_entries(event: Event) -> list[tuple[str, str]]:
     """
     if not event.record_ids:
         return [(REREAD_FIELD, "true")]
-    values, deleted, reread = event_effect(event)
+    values, deleted, reread, full = event_effect(event)
     entries = [(name, orjson.dumps(value).decode()) for name, value in values.items()]
     if deleted is not None:
         entries.append((DELETED_FIELD, "true" if deleted else "false"))
     if reread:
         entries.append((REREAD_FIELD, "true"))
+    if full:
+        entries.append((FULL_FIELD, "true"))
     return entries
 
 

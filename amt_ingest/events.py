@@ -22,16 +22,18 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = [
     "DELETED_FIELD",
+    "FULL_FIELD",
     "REASONS",
     "TOPICS",
     "ChangeType",
+    "Effect",
     "ErrorFrame",
     "Event",
     "EventsFrame",
@@ -72,6 +74,9 @@ REASONS: Final = frozenset(
 
 #: Name of the pseudo-field that carries a record's tombstone flag.
 DELETED_FIELD: Final = "__deleted__"
+#: Pseudo-field of a full image (an ``UNDELETE``, a re-read snapshot): it carries
+#: every non-null field, so at its position each field it does not carry is null.
+FULL_FIELD: Final = "__full__"
 
 _ORG_ID = re.compile(r"^00D[A-Za-z0-9]{12}(?:[A-Za-z0-9]{3})?$")
 
@@ -571,7 +576,9 @@ class RecordChange:
 
     ``values`` maps field name to new value (``None`` for a nulled field);
     ``deleted`` is the tombstone flag the event sets, or ``None`` if it does
-    not touch it. ``reread`` marks a gap event whose content must be fetched.
+    not touch it. ``reread`` marks a gap event whose content must be fetched;
+    ``full`` an event that carries every non-null field (an ``UNDELETE``): a
+    field it does not carry is null at its position.
     """
 
     topic: Topic
@@ -581,27 +588,46 @@ class RecordChange:
     values: dict[str, Any]
     deleted: bool | None
     reread: bool
+    full: bool = False
 
 
-def event_effect(event: Event) -> tuple[dict[str, Any], bool | None, bool]:
-    """``(values, deleted, reread)``: what the event does to each of its records, by
-    the CDC rules of PROTOCOL.md section 1 (the same for every record id)."""
+class Effect(NamedTuple):
+    """What an event does to each of its records (see :class:`RecordChange`)."""
+
+    values: dict[str, Any]
+    deleted: bool | None
+    reread: bool
+    full: bool
+
+
+def event_effect(event: Event) -> Effect:
+    """What the event does to each of its records, by the CDC rules of PROTOCOL.md
+    section 1 (the same for every record id).
+
+    An ``UNDELETE`` is a full image: it carries the restored record's non-null
+    fields, so a field it leaves out is null (a change that nulled it may have
+    been lost while the record was deleted). A ``CREATE`` carries the non-null
+    fields too, but a record is created once: every field it leaves out that the
+    store knows comes from a later change, so it nulls nothing.
+    """
     kind = event.change_type
-    if kind in (ChangeType.CREATE, ChangeType.UNDELETE):
-        return dict(event.fields), False, False
+    if kind is ChangeType.CREATE:
+        return Effect(dict(event.fields), False, False, False)
+    if kind is ChangeType.UNDELETE:
+        return Effect(dict(event.fields), False, False, True)
     if kind is ChangeType.UPDATE:
         values = dict(event.fields)
         for name in event.header.nulledFields:
             values.setdefault(name, None)
-        return values, None, False
+        return Effect(values, None, False, False)
     if kind is ChangeType.DELETE:
-        return {}, True, False
-    return {}, None, True  # GAP_*: content unknown, re-read needed
+        return Effect({}, True, False, False)
+    return Effect({}, None, True, False)  # GAP_*: content unknown, re-read needed
 
 
 def record_changes(event: Event) -> list[RecordChange]:
     """The event's effect (:func:`event_effect`) on each of its records."""
-    values, deleted, reread = event_effect(event)
+    values, deleted, reread, full = event_effect(event)
     return [
         RecordChange(
             topic=event.topic,
@@ -611,6 +637,7 @@ def record_changes(event: Event) -> list[RecordChange]:
             values=values,
             deleted=deleted,
             reread=reread,
+            full=full,
         )
         for record_id in dict.fromkeys(event.record_ids)
     ]

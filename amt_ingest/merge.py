@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .events import DELETED_FIELD
+from .events import DELETED_FIELD, FULL_FIELD
 
 __all__ = ["MergeResult", "StoredRecord", "combine", "merge"]
 
@@ -47,8 +47,11 @@ def merge(
 ) -> MergeResult:
     """Merge ``changes`` (field -> (position, value)) into ``current``; never mutates it.
 
-    ``DELETED_FIELD`` carries the tombstone flag as a bool. Unknown pseudo-fields
-    (names starting and ending with ``__``) are not fields and are ignored here.
+    ``DELETED_FIELD`` carries the tombstone flag as a bool. ``FULL_FIELD`` marks
+    a full image (an undelete, a snapshot) at its position: every field whose
+    value is older than that position and that the image did not set is null
+    there. Other pseudo-fields (names starting and ending with ``__``) are not
+    fields and are ignored here.
     """
     base = current or StoredRecord(org_id=org_id)
     record = StoredRecord(
@@ -71,7 +74,21 @@ def merge(
         else:
             record.fields[name] = value
         applied += 1
+    full = changes.get(FULL_FIELD)
+    if full is not None:
+        applied += _null_older_fields(record, full[0])
     return MergeResult(record=record, applied=applied, stale=stale)
+
+
+def _null_older_fields(record: StoredRecord, position: str) -> int:
+    """A full image at ``position``: each field held from before it is null there."""
+    nulled = 0
+    for name, value in record.fields.items():
+        if record.positions.get(name, "") < position:
+            record.fields[name] = None
+            record.positions[name] = position
+            nulled += value is not None
+    return nulled
 
 
 def combine(

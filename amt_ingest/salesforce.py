@@ -28,7 +28,7 @@ import httpx
 
 from .config import Settings
 from .errors import IngestError
-from .events import DELETED_FIELD, position_key
+from .events import DELETED_FIELD, FULL_FIELD, position_key
 from .policy import backoff
 
 __all__ = [
@@ -136,12 +136,14 @@ def _sf_datetime(ms: int, *, ceil: bool = False) -> str:
 
 
 def snapshot_changes(snapshot: Snapshot) -> dict[str, tuple[str, Any]]:
-    """The snapshot as positioned changes: every field, and the record not deleted."""
+    """The snapshot as positioned changes: every field, the record not deleted, and a
+    full image (a field the store holds from before it and the snapshot lacks is null)."""
     position = snapshot_position(snapshot.modstamp_ms)
     changes: dict[str, tuple[str, Any]] = {
         name: (position, value) for name, value in snapshot.fields.items()
     }
     changes[DELETED_FIELD] = (position, False)
+    changes[FULL_FIELD] = (position, True)
     return changes
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amt_ingest.events import DELETED_FIELD, position_key
+from amt_ingest.events import DELETED_FIELD, FULL_FIELD, position_key
 from amt_ingest.merge import combine, merge
 from amt_ingest.salesforce import Snapshot, snapshot_changes, snapshot_position
 
@@ -30,6 +30,19 @@ def test_snapshot_wins_over_earlier_changes_and_loses_to_later_ones():
         "Amount": 5.0,
         "Name": "n",
         DELETED_FIELD: False,
+        FULL_FIELD: True,
+    }
+
+
+def test_snapshot_nulls_a_stored_field_it_does_not_have():
+    stored = merge(
+        None,
+        {"Amount": (position_key(MS - 5, 1, 1), 9.0), "Name": (position_key(MS - 5, 1, 1), "n")},
+        org_id=ORG,
+    ).record
+    assert merge(stored, snap({"Name": "n"}), org_id=ORG).record.fields == {
+        "Amount": None,
+        "Name": "n",
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 
-from amt_ingest.events import DELETED_FIELD, lost_window_position, position_key
+from amt_ingest.events import DELETED_FIELD, FULL_FIELD, lost_window_position, position_key
 from amt_ingest.merge import combine, merge
 from amt_ingest.salesforce import (
     MIN_DELETED_SPAN_MS,
@@ -147,3 +147,56 @@ def test_the_lost_window_starts_the_overlap_before_the_newest_event_handed_off()
     newest = at(T, 99, 3)
     assert lost_window_position(newest, 300) == position_key(T - 300_000, 0, 0)
     assert lost_window_position(newest, 0) == position_key(T, 0, 0) < newest
+
+
+# --- a full image (an undelete, a snapshot) nulls what it does not carry ------------
+
+
+def full_image(ms: int, fields: dict[str, object]) -> dict[str, tuple[str, object]]:
+    position = at(ms)
+    return {
+        **{name: (position, value) for name, value in fields.items()},
+        DELETED_FIELD: (position, False),
+        FULL_FIELD: (position, True),
+    }
+
+
+def test_an_undelete_nulls_a_field_whose_nulling_was_lost_while_the_record_was_deleted():
+    # Seen: the create. Lost everywhere: an update that nulled Amount. Then the delete
+    # (a tombstone from the resync) and the undelete, which carries the non-null fields.
+    record = apply(
+        {"Name": (at(T - 9000), "A"), "Amount": (at(T - 9000), 5000.0)},
+        tombstone(),
+        full_image(T + 5000, {"Name": "A"}),
+    )
+    assert record.deleted is False
+    assert record.fields == {"Name": "A", "Amount": None}
+
+
+def test_a_full_image_leaves_what_a_later_change_set():
+    later = {"Amount": (at(T + 9000), 7000.0)}
+    for order in ((full_image(T, {"Name": "A"}), later), (later, full_image(T, {"Name": "A"}))):
+        record = apply({"Amount": (at(T - 10), 1.0), "Name": (at(T - 10), "x")}, *order)
+        assert record.fields == {"Name": "A", "Amount": 7000.0}
+
+
+def test_an_older_full_image_nulls_nothing_newer():
+    record = apply({"Amount": (at(T + 10), 3.0)}, full_image(T, {"Name": "A"}))
+    assert record.fields == {"Amount": 3.0, "Name": "A"}
+    again = merge(record, full_image(T, {"Name": "A"}), org_id=ORG)
+    assert again.applied == 0  # a repeated image changes nothing
+
+
+def test_a_create_is_not_a_full_image():
+    import orjson
+
+    from amt_ingest.events import Event, event_effect, parse_event
+    from tests.conftest import SAMPLES
+
+    create = parse_event(orjson.loads((SAMPLES / "event-opportunity-create.json").read_bytes()))
+    assert isinstance(create, Event)
+    assert event_effect(create).full is False
+    undelete = orjson.loads((SAMPLES / "event-opportunity-create.json").read_bytes())
+    undelete["payload"]["ChangeEventHeader"]["changeType"] = "UNDELETE"
+    parsed = parse_event(undelete)
+    assert isinstance(parsed, Event) and event_effect(parsed).full is True
