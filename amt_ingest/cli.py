@@ -15,7 +15,7 @@ import orjson
 from . import __version__, early_signals
 from .config import ConfigError, Settings, load_settings
 from .errors import IngestError
-from .events import TOPICS
+from .routing.events import TOPICS
 from .telemetry import configure_logging
 
 if TYPE_CHECKING:
@@ -279,7 +279,7 @@ async def _export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _db(settings: Settings, args: argparse.Namespace) -> int:
-    from . import migrations
+    from .store import migrations
 
     url = settings.database_url
     if args.action == "current":
@@ -404,7 +404,7 @@ async def _throttle(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _age(text: str) -> object:
-    from .dlq import parse_age
+    from .operations.deadletters.letters import parse_age
 
     try:
         return parse_age(text)
@@ -419,7 +419,8 @@ def _positive(text: str) -> int:
 
 
 async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
-    from . import dlq
+    from .operations.deadletters import command as dlq
+    from .operations.deadletters.letters import PLACES, Filters
 
     if args.action == "show" and len(args.ids) != 1:
         print("amt_ingest: dlq show takes one ID (see `dlq list`)", file=sys.stderr)
@@ -429,8 +430,8 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     options = dlq.Options(
         action=args.action,
-        places=dlq.PLACES if args.source == "all" else (args.source,),
-        filters=dlq.Filters(
+        places=PLACES if args.source == "all" else (args.source,),
+        filters=Filters(
             topic=args.topic,
             org=args.org,
             reason=args.reason,
@@ -455,8 +456,8 @@ async def _resync(settings: Settings, args: argparse.Namespace) -> int:
     import redis.asyncio as aioredis
 
     from .coordination import Coordinator
-    from .resync import ResyncResult, position_at, run_full_resync, run_resync
-    from .salesforce import SalesforceClient
+    from .salesforce.client import SalesforceClient
+    from .salesforce.resync import ResyncResult, position_at, run_full_resync, run_resync
     from .store import Store
 
     since = None if args.full else _instant(args.since)
@@ -594,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return asyncio.run(run_service(settings, sources=False))
         if command == "status":
-            from .status import run_status
+            from .operations.status import run_status
 
             url = args.url or f"http://127.0.0.1:{settings.http_port}"
             return asyncio.run(

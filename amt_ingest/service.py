@@ -23,19 +23,19 @@ from redis.exceptions import RedisError
 from . import aws, early_signals
 from .config import Settings
 from .coordination import Coordinator
-from .deadletter import DeadLetters
 from .errors import AwsError, IngestError, StoreError
-from .health import HealthServer, sources_readiness
 from .jobs import build_worker, create_arq_pool
-from .orgs import OrgFilter
+from .operations.deadletters.sink import DeadLetters
+from .operations.health import HealthServer, sources_readiness
+from .operations.watch import Watcher
 from .policy import backoff
-from .router import Router
-from .salesforce import SalesforceClient
+from .routing.orgs import OrgFilter
+from .routing.router import Router
+from .salesforce.client import SalesforceClient
 from .sources.sqs import SqsPoller
 from .sources.websocket import WebSocketListener
 from .store import Store
 from .telemetry import Telemetry, setup_telemetry
-from .watch import Watcher
 
 __all__ = ["run_service"]
 

@@ -21,7 +21,7 @@ from arq.worker import Worker, func
 from websockets.asyncio.client import connect
 
 from amt_ingest.config import Settings
-from amt_ingest.events import EventsFrame, parse_ws_frame
+from amt_ingest.routing.events import EventsFrame, parse_ws_frame
 from amt_ingest.simulator.aws import SNS_TOPICS
 from amt_ingest.simulator.world import World, iso_ms
 

@@ -22,7 +22,7 @@ import structlog
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from amt_ingest.events import TOPICS
+from amt_ingest.routing.events import TOPICS
 
 __all__ = ["SNS_TOPICS", "AwsStats", "SnsPublisher", "SqsSender", "backoff"]
 

@@ -35,7 +35,7 @@ from typing import Any, Final, Protocol
 
 from aiohttp import web
 
-from amt_ingest.events import TOPICS
+from amt_ingest.routing.events import TOPICS
 from amt_ingest.simulator.world import RecordState, iso_ms, parse_iso_ms
 
 __all__ = ["API_PREFIX", "TruthView", "make_app", "sf_datetime"]

@@ -43,7 +43,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from amt_ingest.events import TOPICS
+from amt_ingest.routing.events import TOPICS
 
 __all__ = [
     "CLOSE_INVALID_REQUEST",

@@ -37,7 +37,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import orjson
 
-from amt_ingest.events import TOPICS
+from amt_ingest.routing.events import TOPICS
 
 __all__ = [
     "CHANGE_ORIGIN",

@@ -28,11 +28,11 @@ from opentelemetry.trace import SpanKind
 
 from ..config import Settings
 from ..coordination import Coordinator
-from ..deadletter import DeadLetters
 from ..errors import CoordinationError
-from ..events import Event, Rejected, parse_sqs_message
+from ..operations.deadletters.sink import DeadLetters
 from ..policy import backoff
-from ..router import Router
+from ..routing.events import Event, Rejected, parse_sqs_message
+from ..routing.router import Router
 
 __all__ = ["PollerState", "SqsPoller"]
 

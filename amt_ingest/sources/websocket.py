@@ -39,9 +39,10 @@ from websockets.frames import CloseCode
 
 from ..config import ConfigError, Settings
 from ..coordination import Coordinator, Turn
-from ..deadletter import DeadLetters
 from ..errors import CoordinationError
-from ..events import (
+from ..operations.deadletters.sink import DeadLetters
+from ..policy import backoff
+from ..routing.events import (
     TOPICS,
     ErrorFrame,
     Event,
@@ -52,8 +53,7 @@ from ..events import (
     lost_window_position,
     parse_ws_frame,
 )
-from ..policy import backoff
-from ..router import Router
+from ..routing.router import Router
 
 __all__ = ["ListenerState", "WebSocketListener", "close_action"]
 

@@ -190,8 +190,8 @@ def test_dlq_commands_over_sqs_and_the_file(aws_env, redis_url, tmp_path):
 
     import boto3
 
-    from amt_ingest.deadletter import DeadLetters
-    from amt_ingest.events import parse_sqs_message
+    from amt_ingest.operations.deadletters.sink import DeadLetters
+    from amt_ingest.routing.events import parse_sqs_message
     from tests.conftest import SAMPLES
 
     boot = json.loads(

@@ -23,7 +23,7 @@ import yaml
 
 from amt_ingest import aws
 from amt_ingest.config import load_settings
-from amt_ingest.events import Event, parse_sqs_message
+from amt_ingest.routing.events import Event, parse_sqs_message
 from tests.conftest import SAMPLES
 
 TEMPLATE = Path(__file__).parents[2] / "deploy" / "cloudformation.yaml"

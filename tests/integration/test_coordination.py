@@ -21,8 +21,8 @@ from amt_ingest.coordination import (
     Coordinator,
     record_key,
 )
-from amt_ingest.events import Event, parse_event
 from amt_ingest.jobs import apply_record, apply_records, job_deserializer
+from amt_ingest.routing.events import Event, parse_event
 from tests.conftest import SAMPLES
 
 ORG = "00D5g000004ZzABEA0"
@@ -289,7 +289,7 @@ async def run_worker_burst(coord: Coordinator, store, redis_url: str):
     """A real arq worker of the service, in burst mode: it runs what is queued, then ends."""
     from amt_ingest.config import Settings
     from amt_ingest.jobs import build_worker, create_arq_pool
-    from amt_ingest.salesforce import SalesforceClient
+    from amt_ingest.salesforce.client import SalesforceClient
 
     settings = Settings(redis_url=redis_url)
     salesforce = SalesforceClient("http://127.0.0.1:1", token=lambda: "unused")
@@ -554,7 +554,7 @@ async def test_a_killed_workers_jobs_rerun_after_the_record_job_timeout(redis_ur
     longer than the record job's, or records wait that long."""
     from amt_ingest.config import Settings
     from amt_ingest.jobs import build_worker, create_arq_pool
-    from amt_ingest.salesforce import SalesforceClient
+    from amt_ingest.salesforce.client import SalesforceClient
     from amt_ingest.store import Store
 
     settings = Settings(redis_url=redis_url, job_timeout=10)

@@ -21,12 +21,12 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from structlog.testing import capture_logs
 
 from amt_ingest.coordination import Coordinator
-from amt_ingest.events import DELETED_FIELD, position_key
-from amt_ingest.resync import position_at, run_full_resync, run_resync
-from amt_ingest.salesforce import SalesforceClient
+from amt_ingest.operations.status import build_view
+from amt_ingest.routing.events import DELETED_FIELD, position_key
+from amt_ingest.salesforce.client import SalesforceClient
+from amt_ingest.salesforce.resync import position_at, run_full_resync, run_resync
 from amt_ingest.simulator import Simulator, SimulatorOptions
 from amt_ingest.simulator.world import iso_ms
-from amt_ingest.status import build_view
 from amt_ingest.telemetry.metrics import Metrics
 from tests.integration.test_coordination import queued_jobs
 from tests.integration.test_reread import run_queue

@@ -19,7 +19,7 @@ import yaml
 
 from amt_ingest.cli import _parser
 from amt_ingest.config import load_settings
-from amt_ingest.health import HealthServer
+from amt_ingest.operations.health import HealthServer
 from amt_ingest.simulator import options_from_args
 
 DEPLOY = Path(__file__).parents[2] / "deploy"

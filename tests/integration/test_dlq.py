@@ -20,11 +20,12 @@ from aiohttp import ClientSession, web
 from amt_ingest import aws
 from amt_ingest.config import Settings
 from amt_ingest.coordination import Coordinator, record_key
-from amt_ingest.deadletter import DeadLetters
-from amt_ingest.dlq import Filters, NoTerminal, Options, parse_age, run
-from amt_ingest.events import parse_event, parse_sqs_message
 from amt_ingest.jobs import apply_record
-from amt_ingest.router import Router
+from amt_ingest.operations.deadletters.command import NoTerminal, Options, run
+from amt_ingest.operations.deadletters.letters import Filters, parse_age
+from amt_ingest.operations.deadletters.sink import DeadLetters
+from amt_ingest.routing.events import parse_event, parse_sqs_message
+from amt_ingest.routing.router import Router
 from amt_ingest.store import Store
 from tests.conftest import SAMPLES
 from tests.integration.test_coordination import RID, make_event, queued_jobs, run_job
@@ -602,8 +603,8 @@ async def test_purge_deletes_only_the_matches_one_by_one(world: World):
 
 
 async def test_purging_a_record_dead_lettered_again_since_it_was_read_keeps_it(world: World):
-    from amt_ingest.dlq.letters import record_letter
-    from amt_ingest.dlq.places import RecordDeadLetters
+    from amt_ingest.operations.deadletters.letters import record_letter
+    from amt_ingest.operations.deadletters.places import RecordDeadLetters
 
     w = world
     await dead_record(w)

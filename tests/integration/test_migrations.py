@@ -13,10 +13,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect
 
-from amt_ingest import migrations
 from amt_ingest.errors import StoreError
-from amt_ingest.events import position_key
-from amt_ingest.store import TABLES, Store, metadata
+from amt_ingest.routing.events import position_key
+from amt_ingest.store import TABLES, Store, metadata, migrations
 from tests.conftest import POSTGRES_URL
 
 ORG = "00D5g000004ZzABEA0"

@@ -13,8 +13,8 @@ from structlog.testing import capture_logs
 
 from amt_ingest.coordination import Coordinator
 from amt_ingest.errors import StoreError
-from amt_ingest.orgs import OrgFilter
-from amt_ingest.router import Router
+from amt_ingest.routing.orgs import OrgFilter
+from amt_ingest.routing.router import Router
 from tests.integration.test_coordination import make_event
 
 ORG = "00D5g000004ZzABEA0"

@@ -9,9 +9,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from amt_ingest.coordination import Coordinator
-from amt_ingest.events import Event, parse_event
 from amt_ingest.jobs import apply_record
-from amt_ingest.salesforce import SalesforceClient, SalesforceError, parse_modstamp
+from amt_ingest.routing.events import Event, parse_event
+from amt_ingest.salesforce.client import SalesforceClient, SalesforceError, parse_modstamp
 from amt_ingest.simulator import Simulator, SimulatorOptions
 from amt_ingest.simulator.world import iso_ms
 from tests.conftest import SAMPLES
@@ -180,7 +180,7 @@ def overflow_event(topic: str, ts: int) -> Event:
 
 async def run_queue(coord, store, client) -> list[str]:
     """Run every queued job (resyncs first), as a worker would, until the queue is empty."""
-    from amt_ingest.resync import resync_topic
+    from amt_ingest.salesforce.resync import resync_topic
 
     outcomes = []
     while jobs := await queued_jobs(coord):
@@ -237,7 +237,7 @@ async def test_overflow_resyncs_the_type_from_its_commit_time(sim, coord, store)
 async def test_a_resync_resumes_where_it_stopped(sim, coord):
     import datetime as dt
 
-    from amt_ingest.resync import position_at, run_resync
+    from amt_ingest.salesforce.resync import position_at, run_resync
 
     client = SalesforceClient(sim.sf_url, token=lambda: TOKEN)
     since = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)

@@ -8,7 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from amt_ingest.coordination import Coordinator
-from amt_ingest.router import Router
+from amt_ingest.routing.router import Router
 from tests.integration.test_coordination import make_event, queued_jobs, run_job
 
 ORG = "00D5g000004ZzABEA0"

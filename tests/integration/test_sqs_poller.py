@@ -13,8 +13,8 @@ import redis.asyncio as aioredis
 from amt_ingest import aws
 from amt_ingest.config import Settings
 from amt_ingest.coordination import Coordinator
-from amt_ingest.deadletter import DeadLetters
-from amt_ingest.router import Router
+from amt_ingest.operations.deadletters.sink import DeadLetters
+from amt_ingest.routing.router import Router
 from amt_ingest.sources.sqs import SqsPoller
 from tests.conftest import SAMPLES
 
@@ -164,7 +164,7 @@ async def test_malformed_goes_to_the_dlq_with_its_reason_and_the_rest_goes_on(en
 
 
 async def test_dead_letters_fall_back_to_a_file_when_sqs_refuses(env):
-    from amt_ingest.events import parse_sqs_message
+    from amt_ingest.routing.events import parse_sqs_message
 
     _, boot, sqs, _, tmp = env
     rejected = parse_sqs_message("{")

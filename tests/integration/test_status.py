@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 
 from amt_ingest.cli import main
 from amt_ingest.coordination import Coordinator
-from amt_ingest.events import parse_event
-from amt_ingest.health import HealthServer
+from amt_ingest.operations.health import HealthServer
+from amt_ingest.routing.events import parse_event
 from amt_ingest.telemetry.tracing import event_trace_id
 from tests.unit.test_events import load
 

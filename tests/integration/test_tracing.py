@@ -27,10 +27,10 @@ from opentelemetry.trace import SpanKind
 from amt_ingest import aws
 from amt_ingest.config import Settings
 from amt_ingest.coordination import QUEUE_NAME, Coordinator
-from amt_ingest.deadletter import DeadLetters
-from amt_ingest.events import parse_event
 from amt_ingest.jobs import apply_records, job_deserializer
-from amt_ingest.router import Router
+from amt_ingest.operations.deadletters.sink import DeadLetters
+from amt_ingest.routing.events import parse_event
+from amt_ingest.routing.router import Router
 from amt_ingest.telemetry import Telemetry, setup_telemetry
 from amt_ingest.telemetry.tracing import event_trace_id
 from tests.conftest import SAMPLES

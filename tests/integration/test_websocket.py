@@ -31,10 +31,10 @@ import redis.asyncio as aioredis
 
 from amt_ingest.config import Settings
 from amt_ingest.coordination import QUEUE_NAME, Coordinator
-from amt_ingest.deadletter import DeadLetters
 from amt_ingest.errors import CoordinationError
-from amt_ingest.events import REASONS, TOPICS
-from amt_ingest.router import Router
+from amt_ingest.operations.deadletters.sink import DeadLetters
+from amt_ingest.routing.events import REASONS, TOPICS
+from amt_ingest.routing.router import Router
 from amt_ingest.simulator import Simulator, SimulatorOptions
 from amt_ingest.simulator import server as sim_server
 from amt_ingest.simulator.server import CloseConnection, Fault, GoSilent, TokenSource
@@ -648,7 +648,7 @@ async def test_expired_resume_point_queues_a_resync_of_every_type(rig: RigFactor
     """Events in the expired window may never come: each type is resynced from
     ``AMT_RESYNC_OVERLAP_S`` before the newest event handed off before the expiry
     (an event after the resume point may have committed before that one)."""
-    from amt_ingest.events import TOPICS, position_key
+    from amt_ingest.routing.events import TOPICS, position_key
 
     r = await rig(events=20, faults=Faults(subscribed=expire_first))
     await r.sim.run()

@@ -22,7 +22,7 @@ from sim_helpers import TOKEN, SimFactory, collect_events, recv, subscribe, ws_c
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from amt_ingest.events import ChangeType, Event, parse_event, record_changes
+from amt_ingest.routing.events import ChangeType, Event, parse_event, record_changes
 from amt_ingest.simulator import Simulator
 from amt_ingest.simulator.stream import (
     Expired,

@@ -18,7 +18,7 @@ from sim_helpers import (
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from amt_ingest.events import Event, EventsFrame, parse_event, parse_ws_frame
+from amt_ingest.routing.events import Event, EventsFrame, parse_event, parse_ws_frame
 from amt_ingest.simulator.server import CloseConnection, Fault, GoSilent, NoFaults
 from amt_ingest.simulator.stream import decode_replay_id, encode_replay_id
 

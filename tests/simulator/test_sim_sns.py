@@ -11,7 +11,7 @@ import pytest
 from aiobotocore.session import get_session
 from sim_helpers import SimFactory, collect_events, subscribe, ws_connect
 
-from amt_ingest.events import Event, Rejected, parse_event, parse_sqs_message
+from amt_ingest.routing.events import Event, Rejected, parse_event, parse_sqs_message
 from amt_ingest.simulator.aws import SNS_TOPICS
 from amt_ingest.simulator.stream import decode_replay_id
 

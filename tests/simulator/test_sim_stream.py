@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from amt_ingest.events import EventsFrame, HeartbeatFrame, SubscribedFrame, parse_ws_frame
+from amt_ingest.routing.events import EventsFrame, HeartbeatFrame, SubscribedFrame, parse_ws_frame
 from amt_ingest.simulator.stream import (
     Credit,
     Expired,

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from amt_ingest.events import (
+from amt_ingest.routing.events import (
     Event,
     EventsFrame,
     Rejected,

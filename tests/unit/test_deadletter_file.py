@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from amt_ingest.deadletter import append_fallback_line, rewrite_fallback
+from amt_ingest.operations.deadletters.sink import append_fallback_line, rewrite_fallback
 
 
 def test_rewrite_drops_only_refused_lines(tmp_path):

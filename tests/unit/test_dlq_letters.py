@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from amt_ingest.dlq.command import PlainProgress, RichProgress, progress_for
-from amt_ingest.dlq.letters import (
+from amt_ingest.operations.deadletters.command import PlainProgress, RichProgress, progress_for
+from amt_ingest.operations.deadletters.letters import (
     DeadLetter,
     Filters,
     choose_target,

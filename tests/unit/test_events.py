@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from amt_ingest.events import (
+from amt_ingest.routing.events import (
     DELETED_FIELD,
     REASONS,
     ChangeType,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from amt_ingest.events import DELETED_FIELD, position_key
-from amt_ingest.merge import StoredRecord, merge
+from amt_ingest.routing.events import DELETED_FIELD, position_key
+from amt_ingest.routing.merge import StoredRecord, merge
 
 ORG = "00D5g000004ZzABEA0"
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from amt_ingest.events import (
+from amt_ingest.routing.events import (
     REASONS,
     Event,
     EventsFrame,
@@ -94,7 +94,7 @@ def test_truncated_envelopes(junk, cut):
 
 def _same_result(obj) -> None:
     """parse_event (with its shortcut for plain events) answers as the models do."""
-    from amt_ingest.events import _validated_event, parse_event
+    from amt_ingest.routing.events import _validated_event, parse_event
 
     expected = _validated_event(copy.deepcopy(obj))
     result = parse_event(obj)

@@ -106,7 +106,8 @@ def service_references(methods: set[str], *, receiver_hint: str | None = None) -
 
 def test_service_modules_are_found() -> None:
     modules = {p.relative_to(PACKAGE).as_posix() for p in service_modules()}
-    assert {"service.py", "aws.py", "deadletter.py", "sources/sqs.py"} <= modules
+    assert {"service.py", "aws.py", "operations/deadletters/sink.py", "sources/sqs.py"} <= modules
+    assert "operations/deadletters/command.py" not in modules
     assert not {m for m in modules if m.startswith("simulator") or m == "cli.py"}
 
 
@@ -133,10 +134,16 @@ def test_bootstrap_is_left_out_and_would_be_seen() -> None:
 def test_dlq_operator_table_is_what_the_dlq_command_calls() -> None:
     sqs_methods = _operations("sqs")
     called = set().union(
-        *(_references(p, sqs_methods, skip=set()) for p in (PACKAGE / "dlq").glob("*.py"))
+        *(
+            _references(p, sqs_methods, skip=set())
+            for p in (PACKAGE / "operations" / "deadletters").glob("*.py")
+        )
     )
     # It finds each DLQ through aws.dead_letter_queue_url (which the service uses too).
-    assert "dead_letter_queue_url" in (PACKAGE / "dlq" / "places.py").read_text()
+    assert (
+        "dead_letter_queue_url"
+        in (PACKAGE / "operations" / "deadletters" / "places.py").read_text()
+    )
     everything_but = {n for n in _functions(PACKAGE / "aws.py") if n != "dead_letter_queue_url"}
     called |= _references(PACKAGE / "aws.py", sqs_methods, skip=everything_but)
     assert called == set().union(*aws.DLQ_OPERATOR_SQS_CALLS.values())

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from amt_ingest.events import DELETED_FIELD, FULL_FIELD, position_key
-from amt_ingest.merge import combine, merge
-from amt_ingest.salesforce import Snapshot, snapshot_changes, snapshot_position
+from amt_ingest.routing.events import DELETED_FIELD, FULL_FIELD, position_key
+from amt_ingest.routing.merge import combine, merge
+from amt_ingest.salesforce.client import Snapshot, snapshot_changes, snapshot_position
 
 ORG = "00D5g000004ZzABEA0"
 MS = 1764064158000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from amt_ingest.status import build_view, percentile, render
+from amt_ingest.operations.status import build_view, percentile, render
 
 
 def overview(stats: dict[str, int], **extra) -> dict:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import itertools
 
-from amt_ingest.events import DELETED_FIELD, FULL_FIELD, lost_window_position, position_key
-from amt_ingest.merge import combine, merge
-from amt_ingest.salesforce import (
+from amt_ingest.routing.events import DELETED_FIELD, FULL_FIELD, lost_window_position, position_key
+from amt_ingest.routing.merge import combine, merge
+from amt_ingest.salesforce.client import (
     MIN_DELETED_SPAN_MS,
     deleted_windows,
     snapshot_position,
@@ -190,7 +190,7 @@ def test_an_older_full_image_nulls_nothing_newer():
 def test_a_create_is_not_a_full_image():
     import orjson
 
-    from amt_ingest.events import Event, event_effect, parse_event
+    from amt_ingest.routing.events import Event, event_effect, parse_event
     from tests.conftest import SAMPLES
 
     create = parse_event(orjson.loads((SAMPLES / "event-opportunity-create.json").read_bytes()))

@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from ..errors import StoreError
+from ...errors import StoreError
 
 __all__ = ["UPGRADE_COMMAND", "alembic_config", "check", "current", "head", "upgrade"]
 

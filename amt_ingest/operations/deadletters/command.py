@@ -14,8 +14,8 @@ from typing import Any, Literal, TextIO
 
 import orjson
 
-from ..config import Settings
-from ..coordination import Coordinator
+from ...config import Settings
+from ...coordination import Coordinator
 from .letters import (
     PLACES,
     DeadLetter,
@@ -229,7 +229,7 @@ async def run(
             )
         needs_sqs = "sqs" in wanted or ("file" in wanted and options.action == "replay")
         if needs_sqs and settings.sqs_queue_urls:
-            from .. import aws
+            from ... import aws
 
             sqs_client = await stack.enter_async_context(aws.client(settings, "sqs"))
             session.sqs = await stack.enter_async_context(

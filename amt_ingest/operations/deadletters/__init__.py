@@ -7,7 +7,7 @@ Three places hold dead letters:
   queue's ``maxReceiveCount`` (original SNS envelopes or raw events, no
   ``reason`` attribute: reason ``redriven``) and input the service rejected
   (``reason``, ``detail``, ``path``, ``source`` attributes, see
-  :mod:`amt_ingest.deadletter`).
+  :mod:`.sink`).
 - ``records``: records whose job failed every try (Redis, reason ``job_failed``).
 - ``file``: the local fallback file (``AMT_DEAD_LETTER_FILE``), rejected input
   that SQS could not take.
@@ -25,8 +25,3 @@ sends a message to its source queue first and deletes it from the DLQ after,
 so an interruption leaves at worst a duplicate, which the router's dedup by
 ``event_id`` drops.
 """
-
-from .command import NoTerminal, Options, run
-from .letters import PLACES, DeadLetter, Filters, parse_age
-
-__all__ = ["PLACES", "DeadLetter", "Filters", "NoTerminal", "Options", "parse_age", "run"]

@@ -20,13 +20,11 @@ from dataclasses import dataclass, field
 import structlog
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, get_current_span
 
-from .coordination import Coordinator, IngestResult, Turn
-from .events import Event, Rejected
-from .orgs import OrgFilter
-from .policy import org_allowed
-from .telemetry import Telemetry
-from .telemetry.logs import batched_lines
-from .telemetry.tracing import (
+from ..coordination import Coordinator, IngestResult, Turn
+from ..policy import org_allowed
+from ..telemetry import Telemetry
+from ..telemetry.logs import batched_lines
+from ..telemetry.tracing import (
     MESSAGING_SYSTEM,
     ROOT,
     decode_context,
@@ -35,6 +33,8 @@ from .telemetry.tracing import (
     next_trace_id,
     span_ids,
 )
+from .events import Event, Rejected
+from .orgs import OrgFilter
 
 __all__ = ["RouteReport", "Router"]
 

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import structlog
 
-from .errors import StoreError
+from ..errors import StoreError
 
 __all__ = ["OrgFilter", "OrgSource"]
 

@@ -26,10 +26,10 @@ from urllib.parse import quote
 
 import httpx
 
-from .config import Settings
-from .errors import IngestError
-from .events import DELETED_FIELD, FULL_FIELD, position_key
-from .policy import backoff
+from ..config import Settings
+from ..errors import IngestError
+from ..policy import backoff
+from ..routing.events import DELETED_FIELD, FULL_FIELD, position_key
 
 __all__ = [
     "API_VERSION",

@@ -25,9 +25,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .config import Settings
-from .coordination import Coordinator
-from .errors import CoordinationError, IngestError
+from ..config import Settings
+from ..coordination import Coordinator
+from ..errors import CoordinationError, IngestError
 
 __all__ = ["build_view", "percentile", "render", "run_status"]
 

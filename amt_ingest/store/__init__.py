@@ -42,10 +42,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from ..errors import FencedError, StoreError
+from ..routing.events import TOPICS
+from ..routing.merge import StoredRecord, merge
 from . import migrations
-from .errors import FencedError, StoreError
-from .events import TOPICS
-from .merge import StoredRecord, merge
 
 __all__ = [
     "ALLOWED_ORG",

@@ -13,7 +13,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from ..events import Event, Rejected, parse_sqs_message
+from ...routing.events import Event, Rejected, parse_sqs_message
 
 __all__ = [
     "DEAD_LETTER_ATTRIBUTES",

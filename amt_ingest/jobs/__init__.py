@@ -38,8 +38,8 @@ from arq.worker import Function, Worker, func
 from opentelemetry import trace
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, StatusCode
 
-from .config import Settings
-from .coordination import (
+from ..config import Settings
+from ..coordination import (
     JOB_FUNCTION,
     LEGACY_JOB_FUNCTION,
     QUEUE_NAME,
@@ -49,15 +49,20 @@ from .coordination import (
     Coordinator,
     PendingRecord,
 )
-from .errors import CoordinationError, FencedError, StoreError
-from .events import DELETED_FIELD
-from .merge import combine
-from .policy import job_retry_delay, throttle_wait
-from .resync import resync_topic
-from .salesforce import SalesforceClient, SalesforceError, snapshot_changes, snapshot_position
-from .store import ApplyItem, ApplyResult, Store
-from .telemetry import Telemetry
-from .telemetry.tracing import ROOT, links_from, span_ids
+from ..errors import CoordinationError, FencedError, StoreError
+from ..policy import job_retry_delay, throttle_wait
+from ..routing.events import DELETED_FIELD
+from ..routing.merge import combine
+from ..salesforce.client import (
+    SalesforceClient,
+    SalesforceError,
+    snapshot_changes,
+    snapshot_position,
+)
+from ..salesforce.resync import resync_topic
+from ..store import ApplyItem, ApplyResult, Store
+from ..telemetry import Telemetry
+from ..telemetry.tracing import ROOT, links_from, span_ids
 
 __all__ = ["apply_record", "apply_records", "build_worker", "job_serializer"]
 

@@ -36,12 +36,12 @@ from typing import Any
 import structlog
 from arq import Retry
 
-from .coordination import RECONCILE_FIELD, REREAD_FIELD, Coordinator
-from .errors import CoordinationError, StoreError
-from .events import DELETED_FIELD, position_key
-from .salesforce import SalesforceClient, SalesforceError, tombstone_position
-from .store import Store
-from .telemetry.metrics import Metrics
+from ..coordination import RECONCILE_FIELD, REREAD_FIELD, Coordinator
+from ..errors import CoordinationError, StoreError
+from ..routing.events import DELETED_FIELD, position_key
+from ..store import Store
+from ..telemetry.metrics import Metrics
+from .client import SalesforceClient, SalesforceError, tombstone_position
 
 __all__ = [
     "ResyncResult",

@@ -44,8 +44,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .errors import CoordinationError
-from .events import DELETED_FIELD, FULL_FIELD, POSITION_WIDTH, Event, event_effect
+from ..errors import CoordinationError
+from ..routing.events import DELETED_FIELD, FULL_FIELD, POSITION_WIDTH, Event, event_effect
 
 __all__ = [
     "JOB_FUNCTION",

@@ -26,7 +26,7 @@ import orjson
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .events import Rejected
+from ...routing.events import Rejected
 
 __all__ = ["DeadLetters", "append_fallback_line", "rewrite_fallback"]
 

@@ -22,11 +22,11 @@ from typing import Any
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .config import Settings
-from .coordination import Coordinator
-from .errors import CoordinationError
-from .sources.websocket import WebSocketListener
-from .telemetry import Telemetry
+from ..config import Settings
+from ..coordination import Coordinator
+from ..errors import CoordinationError
+from ..sources.websocket import WebSocketListener
+from ..telemetry import Telemetry
 
 __all__ = ["Watcher", "queue_label"]
 

@@ -13,11 +13,11 @@ from typing import Any, Final, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..aws import dead_letter_queue_url
-from ..coordination import DEAD_RECORDS_KEY, Coordinator
-from ..deadletter import rewrite_fallback
-from ..errors import AwsError
+from ...aws import dead_letter_queue_url
+from ...coordination import DEAD_RECORDS_KEY, Coordinator
+from ...errors import AwsError
 from .letters import DeadLetter, file_letter, file_line_id, queue_name, record_letter, sqs_letter
+from .sink import rewrite_fallback
 
 __all__ = ["FileDeadLetters", "Progress", "RecordDeadLetters", "SqsDeadLetters", "chunks"]
 
