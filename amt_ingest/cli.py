@@ -386,12 +386,12 @@ async def _throttle(settings: Settings, args: argparse.Namespace) -> int:
     try:
         coordinator = Coordinator(client, dedup_ttl=settings.dedup_ttl_seconds)
         if args.action == "pause":
-            await coordinator.set_throttle("pause")
+            await coordinator.throttle.set("pause")
         elif args.action == "slow":
-            await coordinator.set_throttle("slow", args.factor)
+            await coordinator.throttle.set("slow", args.factor)
         elif args.action == "resume":
-            await coordinator.set_throttle(None)
-        mode, factor = await coordinator.throttle()
+            await coordinator.throttle.set(None)
+        mode, factor = await coordinator.throttle.get()
     finally:
         await client.aclose()
     if mode is None:

@@ -206,7 +206,7 @@ async def run_service(
         )
         orgs = OrgFilter(settings.allowed_org_ids, source=store, ttl_s=settings.orgs_cache_s)
         router = Router(
-            coordinator,
+            coordinator.handoff,
             orgs=orgs,
             max_pending_records=settings.max_pending_records,
             telemetry=telemetry,
@@ -244,15 +244,13 @@ async def run_service(
                         dlqs[url] = dlq
             else:
                 log.warning("sqs_disabled", hint="set AMT_SQS_QUEUE_URLS to run the SQS safety net")
-            dead_letters = DeadLetters(
+            router.dead_letters = DeadLetters(
                 sqs=sqs,
                 dlq_url=next(iter(dlqs.values()), None),
                 dlq_by_source=dlqs,
                 fallback_path=settings.dead_letter_file,
             )
-            listener = WebSocketListener(
-                settings, router=router, coordinator=coordinator, dead_letters=dead_letters
-            )
+            listener = WebSocketListener(settings, router=router, coordinator=coordinator)
             tasks["websocket"] = asyncio.create_task(listener.run(stop), name="websocket")
             for url in settings.sqs_queue_urls:
                 for n in range(settings.sqs_receivers_per_queue):
@@ -261,8 +259,6 @@ async def run_service(
                         sqs=sqs,
                         queue_url=url,
                         router=router,
-                        coordinator=coordinator,
-                        dead_letters=dead_letters,
                     )
                     pollers.append(poller)
                     name = f"sqs:{url}#{n}"

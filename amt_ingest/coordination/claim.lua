@@ -30,7 +30,7 @@ end
 if busy > 0 then
   return {'busy', busy}
 end
-local out = {'ok', redis.call('INCR', 'amt:fenceseq')}
+local out = {'ok', redis.call('INCR', KEY.fenceseq)}
 for i = 1, n do
   if owned[i] then
     redis.call('SET', KEYS[2 * i], token, 'PX', ttl)

@@ -38,10 +38,10 @@ for i = 1, #KEYS / 2 do
         redis.call('HDEL', rec, ARGV[j])
       end
     end
-    redis.call('ZREM', 'amt:retrying', rec)
+    redis.call('ZREM', KEY.retrying, rec)
     if redis.call('HGET', rec, 'ver') == version then
       redis.call('DEL', rec)
-      redis.call('SREM', PENDING, rec)
+      redis.call('SREM', KEY.pending, rec)
       out[#out + 1] = 'released'
     else
       redis.call('HDEL', rec, 'fail', 'failed_at', 'retry_delay')

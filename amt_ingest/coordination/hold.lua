@@ -34,7 +34,7 @@ for i = 1, #KEYS / 2 do
     if count then
       failures = redis.call('HINCRBY', rec, 'fail', 1)
       redis.call('HSET', rec, 'failed_at', now, 'retry_delay', ARGV[4])
-      redis.call('ZADD', 'amt:retrying', now, rec)
+      redis.call('ZADD', KEY.retrying, now, rec)
     end
     out[#out + 1] = failures
     if queue ~= '' then

@@ -15,7 +15,9 @@
 --                              are kept in amt:onepath until the other brings them),
 --                     "e": [[trace context ("" if none), position key, org id, topic,
 --                            number of records, [pending name, JSON value, ...],
---                            [record ids]], ...]}
+--                            [record ids]], ...],
+--                     "c": {counter: n, ...} (optional: more counts for amt:stats,
+--                          such as the batch's rejected input, counted with it)}
 --
 -- Counts each outcome in amt:stats as <outcome>:<path>:<topic>; a second arrival
 -- on the other path also as cross:<first path>:<topic>, its lag kept in amt:lags.
@@ -23,9 +25,9 @@
 -- separated, at most LINKS_MAX_CHARS), for the job span's parent and links.
 -- Returns five values per event: outcome, first_path, first_ctx, scheduled (the
 -- records it handed to a job), lag_ms; then the number of records pending
--- (amt:pending), which the capacity check reads. outcome: "first", "duplicate" or "stale" (nothing newer
--- than what is pending); lag_ms: the path lag of a first arrival on the second
--- path, else -1. An event without records (GAP_OVERFLOW) queues a resync job.
+-- (amt:pending), which the capacity check reads. outcome: "first", "duplicate"
+-- or "stale" (nothing newer than what is pending); lag_ms: the path lag of a
+-- first arrival on the second path, else -1. An event without records (GAP_OVERFLOW) queues a resync job.
 
 local LINKS_MAX_CHARS = 64 * 51
 local spec = cjson.decode(ARGV[1])
@@ -38,9 +40,11 @@ local track = spec.track == 1
 local batch = spec.b
 local now = now_ms()
 local stats = {}
+for key, n in pairs(spec.c or {}) do
+  stats[key] = n
+end
 local out = {}
 local k = 1
-local OPEN = 'amt:openjob'
 local open_job, open_recs, open_ids, reopened = nil, {}, {}, nil
 local last_open, last_size = nil, 0
 
@@ -49,11 +53,11 @@ local last_open, last_size = nil, 0
 -- its job waits for a worker joins it instead of costing a job of its own. A
 -- worker reads a job's records only after marking it in progress, so it sees
 -- every record that joined before.
-local held = redis.call('HGET', OPEN, 'id')
-if held and redis.call('EXISTS', 'arq:in-progress:' .. held) == 0
-    and redis.call('EXISTS', 'arq:retry:' .. held) == 0 then
+local held = redis.call('HGET', KEY.openjob, 'id')
+if held and redis.call('EXISTS', arq_in_progress(held)) == 0
+    and redis.call('EXISTS', arq_retry(held)) == 0 then
   local score = redis.call('ZSCORE', queue, held)
-  local payload = score and tonumber(score) <= tonumber(now) and redis.call('GET', 'arq:job:' .. held)
+  local payload = score and tonumber(score) <= tonumber(now) and redis.call('GET', arq_job(held))
   if payload then
     local job = cjson.decode(payload)
     if job.f == fn and #job.a[1] < batch then
@@ -69,10 +73,10 @@ local function flush()
   -- The records already name the job (set as they joined): only the pending
   -- set and the job's payload are left to write.
   if #open_recs > 0 then
-    redis.call('SADD', PENDING, unpack(open_recs))
+    redis.call('SADD', KEY.pending, unpack(open_recs))
     if reopened then
       reopened.a = {open_ids}
-      redis.call('SET', 'arq:job:' .. open_job, cjson.encode(reopened), 'KEEPTTL')
+      redis.call('SET', arq_job(open_job), cjson.encode(reopened), 'KEEPTTL')
     else
       enqueue(queue, open_job, job_ttl, fn, {open_ids}, now)
     end
@@ -117,9 +121,9 @@ for _, e in ipairs(spec.e) do
       -- The first arrival on this path, and another path was first.
       lag = tonumber(now) - tonumber(first[2])
       count('cross:' .. first[1] .. ':' .. topic)
-      redis.call('LPUSH', 'amt:lags', lag)
-      redis.call('LTRIM', 'amt:lags', 0, 999)
-      redis.call('ZREM', 'amt:onepath', first[1] .. ':' .. topic .. ':' .. event_id)
+      redis.call('LPUSH', KEY.lags, lag)
+      redis.call('LTRIM', KEY.lags, 0, 999)
+      redis.call('ZREM', KEY.onepath, first[1] .. ':' .. topic .. ':' .. event_id)
     end
     count('duplicate:' .. path .. ':' .. topic)
     emit('duplicate', first[1], first[3] or '', 0, lag)
@@ -127,7 +131,7 @@ for _, e in ipairs(spec.e) do
     redis.call('HSET', evt, 'p', path, 't', now, 'c', ctx, 'seen:' .. path, now)
     redis.call('EXPIRE', evt, ttl)
     if track then
-      redis.call('ZADD', 'amt:onepath', now, path .. ':' .. topic .. ':' .. event_id)
+      redis.call('ZADD', KEY.onepath, now, path .. ':' .. topic .. ':' .. event_id)
     end
     local n = #entries / 2
     local width = string.len(pos)
@@ -196,12 +200,12 @@ end
 
 flush()
 if last_open and last_size < batch then
-  redis.call('HSET', OPEN, 'id', last_open)
+  redis.call('HSET', KEY.openjob, 'id', last_open)
 elseif last_open then
-  redis.call('DEL', OPEN)
+  redis.call('DEL', KEY.openjob)
 end
 for key, n in pairs(stats) do
-  redis.call('HINCRBY', 'amt:stats', key, n)
+  redis.call('HINCRBY', KEY.stats, key, n)
 end
-out[#out + 1] = redis.call('SCARD', PENDING)
+out[#out + 1] = redis.call('SCARD', KEY.pending)
 return out

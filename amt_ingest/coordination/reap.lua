@@ -16,7 +16,7 @@ if redis.call('EXISTS', rec) == 0 then
 end
 local job = redis.call('HGET', rec, 'job')
 if job then
-  if redis.call('EXISTS', 'arq:job:' .. job) == 1 or redis.call('EXISTS', 'arq:in-progress:' .. job) == 1 then
+  if redis.call('EXISTS', arq_job(job)) == 1 or redis.call('EXISTS', arq_in_progress(job)) == 1 then
     return ''
   end
 end

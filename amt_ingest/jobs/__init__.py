@@ -43,15 +43,13 @@ from ..coordination import (
     JOB_FUNCTION,
     LEGACY_JOB_FUNCTION,
     QUEUE_NAME,
-    RECONCILE_FIELD,
-    REREAD_FIELD,
     RESYNC_FUNCTION,
     Coordinator,
     PendingRecord,
 )
 from ..errors import CoordinationError, FencedError, StoreError
 from ..policy import job_retry_delay, throttle_wait
-from ..routing.events import DELETED_FIELD
+from ..routing.events import DELETED_FIELD, RECONCILE_FIELD, REREAD_FIELD
 from ..routing.merge import combine
 from ..salesforce.client import (
     SalesforceClient,
@@ -118,7 +116,7 @@ async def run_job(ctx: dict[str, Any], members: Sequence[tuple[str, str]]) -> li
     job_try: int = ctx.get("job_try", 1)
     bound = log.bind(job_id=job_id, job_try=job_try)
     try:
-        claimed = await coordinator.claim_batch(
+        claimed = await coordinator.records.claim_batch(
             members, job_id, token=uuid.uuid4().hex, lease_ms=ctx["lease_ms"]
         )
     except CoordinationError as exc:
@@ -273,7 +271,7 @@ async def _apply_claimed(
             else:
                 applied.append((run, outcome, item))
         if applied:
-            statuses, next_job = await coordinator.complete_batch(
+            statuses, next_job = await coordinator.records.complete_batch(
                 [run.record for run, _, _ in applied], job_id
             )
             duration_ms = round((time.perf_counter() - started) * 1000, 2)
@@ -324,7 +322,7 @@ async def _throttle(
     if not retrying:
         return runs
     try:
-        mode, factor = await coordinator.throttle()
+        mode, factor = await coordinator.throttle.get()
     except CoordinationError:
         return runs
     now_ms = int(time.time() * 1000)
@@ -343,7 +341,7 @@ async def _throttle(
         return runs
     wait = max(w for _, w in held)
     everything = len(held) == len(runs)
-    _, next_job = await coordinator.hold(
+    _, next_job = await coordinator.records.hold(
         [run.record for run, _ in held],
         job_id,
         failed=False,
@@ -373,7 +371,7 @@ async def _retry_or_dead_letter(
     groups: dict[int, list[_RecordRun]] = {}
     for run in failed:
         if run.record.failures + 1 >= max_tries:
-            status = await coordinator.dead_letter_record(run.record, job_id, run.error)
+            status = await coordinator.records.dead_letter(run.record, job_id, run.error)
             _bound(bound, run).error(
                 "job_dead_lettered", error=run.error, status=status, tries=max_tries
             )
@@ -384,7 +382,7 @@ async def _retry_or_dead_letter(
     for failures, group in groups.items():
         delay = job_retry_delay(failures + 1)
         stay = len(groups) == 1
-        counted, next_job = await coordinator.hold(
+        counted, next_job = await coordinator.records.hold(
             [run.record for run in group],
             job_id,
             failed=True,
@@ -441,7 +439,7 @@ async def _hydrate(
 async def reap_orphans(ctx: dict[str, Any]) -> int:
     """arq cron: recover records whose job vanished (DESIGN.md section 3, the reaper)."""
     coordinator: Coordinator = ctx["coordinator"]
-    recovered = await coordinator.reap()
+    recovered = await coordinator.records.reap()
     for topic, record_id, job_id in recovered:
         log.warning("record_reaped", topic=topic, record_id=record_id, job_id=job_id)
     return len(recovered)
@@ -455,7 +453,7 @@ def lease_ms(settings: Settings) -> int:
 async def _release(coordinator: Coordinator, records: Sequence[PendingRecord]) -> None:
     for record in records:
         with contextlib.suppress(CoordinationError):
-            await asyncio.shield(coordinator.release_lease(record))
+            await asyncio.shield(coordinator.records.release_lease(record))
 
 
 def worker_functions(settings: Settings) -> list[Function]:

@@ -236,13 +236,13 @@ async def run_status(
     coordinator = Coordinator(client, dedup_ttl=settings.dedup_ttl_seconds)
     try:
         try:
-            previous = await coordinator.overview()
+            previous = await coordinator.observations.overview()
         except CoordinationError as exc:
             raise IngestError(f"AMT_REDIS_URL: cannot read {settings.redis_url}: {exc}") from exc
         taken = time.monotonic()
         if once:
             await asyncio.sleep(min(interval, 1.0))
-            current = await coordinator.overview()
+            current = await coordinator.observations.overview()
             ready = await asyncio.to_thread(_readiness, url)
             view = build_view(current, previous, time.monotonic() - taken, ready)
             if as_json:
@@ -253,7 +253,7 @@ async def run_status(
         with Live(console=console, auto_refresh=False) as live:
             while True:
                 await asyncio.sleep(interval)
-                current = await coordinator.overview()
+                current = await coordinator.observations.overview()
                 now = time.monotonic()
                 ready = await asyncio.to_thread(_readiness, url)
                 live.update(render(build_view(current, previous, now - taken, ready)))

@@ -72,7 +72,7 @@ class Watcher:
 
     async def refresh(self) -> None:
         """One round: gauges read and published, one-path events swept."""
-        overview = await self.coordinator.overview()
+        overview = await self.coordinator.observations.overview()
         depths: dict[str, int] = {
             "arq": overview["queued_jobs"],
             "pending_records": overview["pending_records"],
@@ -99,7 +99,7 @@ class Watcher:
             published["ws:state_for_s"] = (
                 round(time.monotonic() - since, 1) if since is not None else -1
             )
-        await self.coordinator.publish_gauges(published)
+        await self.coordinator.observations.publish_gauges(published)
         if self.sweep_one_path:
             await self.sweep()
 
@@ -108,7 +108,9 @@ class Watcher:
         grace_ms = int(self.settings.reconcile_grace_s * 1000)
         total = 0
         while True:
-            found = await self.coordinator.sweep_one_path(grace_ms=grace_ms, limit=SWEEP_BATCH)
+            found = await self.coordinator.observations.sweep_one_path(
+                grace_ms=grace_ms, limit=SWEEP_BATCH
+            )
             now_ms = int(time.time() * 1000)
             for member, first_ms in found:
                 path, topic, event_id = member.split(":", 2)

@@ -27,10 +27,14 @@ from typing import Any, Final, Literal, NamedTuple
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .positions import position_key
+
 __all__ = [
     "DELETED_FIELD",
     "FULL_FIELD",
     "REASONS",
+    "RECONCILE_FIELD",
+    "REREAD_FIELD",
     "TOPICS",
     "ChangeType",
     "Effect",
@@ -44,11 +48,9 @@ __all__ = [
     "Rejected",
     "SubscribedFrame",
     "event_effect",
-    "lost_window_position",
     "parse_event",
     "parse_sqs_message",
     "parse_ws_frame",
-    "position_key",
     "record_changes",
 ]
 
@@ -77,6 +79,13 @@ DELETED_FIELD: Final = "__deleted__"
 #: Pseudo-field of a full image (an ``UNDELETE``, a re-read snapshot): it carries
 #: every non-null field, so at its position each field it does not carry is null.
 FULL_FIELD: Final = "__full__"
+#: Pending marker (value ``true``) at a position: the record changed there in a way
+#: no event told (a gap, a resync): read it, and a snapshot older than that position
+#: is not its content yet. A 404 is a tombstone at the marker's position.
+REREAD_FIELD: Final = "__reread__"
+#: Pending marker of a full reconciliation: read the record, any snapshot will do;
+#: a 404 is a tombstone at the marker's position.
+RECONCILE_FIELD: Final = "__reconcile__"
 
 _ORG_ID = re.compile(r"^00D[A-Za-z0-9]{12}(?:[A-Za-z0-9]{3})?$")
 
@@ -191,25 +200,6 @@ class Rejected:
     def __post_init__(self) -> None:
         if self.reason not in REASONS:
             raise ValueError(f"unknown rejection reason {self.reason!r}")
-
-
-def position_key(commit_timestamp: int, commit_number: int, sequence_number: int) -> str:
-    """The position triple as a fixed-width string: string order equals triple order.
-
-    Used unchanged in Redis (Lua compares strings) and in the store.
-    """
-    return f"{commit_timestamp:015d}{commit_number:020d}{sequence_number:010d}"
-
-
-POSITION_WIDTH: Final = 45
-
-
-def lost_window_position(newest: str, overlap_s: float) -> str:
-    """Where the resync of a lost WebSocket window starts: ``overlap_s`` before the
-    newest event handed off. Events reach the stream a little out of commit order, so
-    an event after the resume point may have committed before the newest one handed
-    off; starting there alone would miss it."""
-    return position_key(max(0, int(newest[:15]) - int(overlap_s * 1000)), 0, 0)
 
 
 def _first_error(exc: ValidationError) -> str:

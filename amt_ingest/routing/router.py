@@ -1,10 +1,14 @@
 """The router: one entry point for events from both paths.
 
 Sources call :meth:`Router.route` with a batch of parsed events and acknowledge
-their input only after it returns: by then every kept event is durably in
-Redis (deduplicated by ``event_id`` across paths, merged into its records'
+their input only after it returns: by then every kept event is durably handed
+off (deduplicated by ``event_id`` across paths, merged into its records'
 pending changes, a job scheduled where needed). Events of orgs that are not
-allowed are filtered out and counted, never dead-lettered.
+allowed are filtered out and counted, never dead-lettered. Input a source
+could not parse goes to :meth:`Router.reject`: logged, dead-lettered with its
+reason, counted (with the next hand-off) and traced, in one place. The router
+does no I/O of its own: it hands off through a ``HandOff`` and dead-letters
+through a ``DeadLetterSink`` (:mod:`.handoff`).
 
 Each arrival gets a ``process`` span (in its event's trace, see
 :mod:`amt_ingest.telemetry.tracing`) and one log line with its outcome.
@@ -14,13 +18,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, get_current_span
 
-from ..coordination import Coordinator, IngestResult, Turn
 from ..policy import org_allowed
 from ..telemetry import Telemetry
 from ..telemetry.logs import batched_lines
@@ -34,6 +37,7 @@ from ..telemetry.tracing import (
     span_ids,
 )
 from .events import Event, Rejected
+from .handoff import DeadLetterSink, HandOff, IngestResult, Turn
 from .orgs import OrgFilter
 
 __all__ = ["RouteReport", "Router"]
@@ -63,8 +67,9 @@ def split_by_org(
 class Router:
     def __init__(
         self,
-        coordinator: Coordinator,
+        handoff: HandOff,
         *,
+        dead_letters: DeadLetterSink | None = None,
         allowed_orgs: Sequence[str] = (),
         orgs: OrgFilter | None = None,
         max_pending_records: int = 20_000,
@@ -72,7 +77,8 @@ class Router:
         telemetry: Telemetry | None = None,
         track_one_path: bool = False,
     ):
-        self.coordinator = coordinator
+        self.handoff = handoff
+        self.dead_letters = dead_letters
         self.telemetry = telemetry or Telemetry.off()
         #: Both paths run: keep first arrivals until the other path brings them.
         self.track_one_path = track_one_path
@@ -90,47 +96,61 @@ class Router:
         paused) instead of queueing without limit. Returns early once ``stop`` is
         set; raises :class:`~amt_ingest.errors.CoordinationError` if Redis fails.
         """
-        if self.coordinator.last_pending < self.max_pending_records:
+        if self.handoff.last_pending < self.max_pending_records:
             return
-        while await self.coordinator.pending_records() >= self.max_pending_records:
+        while await self.handoff.pending_records() >= self.max_pending_records:
             if stop is not None and stop.is_set():
                 return
             if not self.paused:
                 self.paused = True
                 log.warning(
                     "intake_paused",
-                    pending_records=self.coordinator.last_pending,
+                    pending_records=self.handoff.last_pending,
                     high_water=self.max_pending_records,
                 )
             await asyncio.sleep(self.capacity_poll_s)
         if self.paused:
             self.paused = False
-            log.info("intake_resumed", pending_records=self.coordinator.last_pending)
+            log.info("intake_resumed", pending_records=self.handoff.last_pending)
 
     async def route(
-        self, events: Sequence[Event], *, path: str, turn: Turn | None = None
+        self,
+        events: Sequence[Event],
+        *,
+        path: str,
+        turn: Turn | None = None,
+        counts: Mapping[str, int] | None = None,
     ) -> RouteReport:
         """Hand a batch off durably; raises :class:`~amt_ingest.errors.CoordinationError`
-        if Redis did not confirm all of it (then acknowledge nothing).
+        if it was not confirmed in full (then acknowledge nothing).
 
         Call it inside the batch's receive span: each event's span links to it.
-        ``turn`` keeps batches routed at once in order in Redis (see
-        :class:`~amt_ingest.coordination.Turn`); it is done when this returns.
+        ``turn`` keeps batches routed at once in order (see
+        :class:`~amt_ingest.routing.handoff.Turn`); it is done when this returns.
+        ``counts`` (from :meth:`reject`) are counted with the batch.
         """
         try:
-            return await self._route(events, path, turn)
+            return await self._route(events, path, turn, counts)
         finally:
             if turn is not None:
                 turn.finish()
 
-    async def _route(self, events: Sequence[Event], path: str, turn: Turn | None) -> RouteReport:
+    async def _route(
+        self,
+        events: Sequence[Event],
+        path: str,
+        turn: Turn | None,
+        counts: Mapping[str, int] | None,
+    ) -> RouteReport:
         report = RouteReport()
-        counts: Counter[tuple[str, str, str]] = Counter()
+        outcomes: Counter[tuple[str, str, str]] = Counter()
         batch = get_current_span().get_span_context()
         batch_links = [Link(batch)] if batch.is_valid else []
         kept, filtered = split_by_org(events, await self.orgs.allowed())
         if filtered:
-            await self.coordinator.count(Counter(f"filtered:{path}:{e.topic}" for e in filtered))
+            more = Counter(f"filtered:{path}:{e.topic}" for e in filtered)
+            await self.handoff.count(more + Counter(counts or {}))
+            counts = None
             for event in filtered:
                 span = self._start_span(event, path, batch_links)
                 span.set_attribute("amt.outcome", "filtered")
@@ -144,27 +164,27 @@ class Router:
                     outcome="filtered",
                     **span_ids(span),
                 )
-                counts[(path, event.topic, "filtered")] += 1
+                outcomes[(path, event.topic, "filtered")] += 1
             report.outcomes["filtered"] += len(filtered)
         spans = [self._start_span(event, path, batch_links) for event in kept]
         contexts = [encode_context(span.get_span_context()) for span in spans]
         try:
-            results = await self.coordinator.ingest(
+            results = await self.handoff.ingest(
                 kept,
                 path=path,
                 contexts=contexts,
                 track_one_path=self.track_one_path,
                 turn=turn,
+                counts=counts,
             )
         except BaseException as exc:
             for span in spans:
                 span.set_status(Status(StatusCode.ERROR, f"hand-off failed: {exc}"))
                 span.end()
             raise
-        metrics = self.telemetry.metrics
         with batched_lines():
-            self._finish(kept, results, spans, contexts, path, report, counts)
-        metrics.count_events(counts)
+            self._finish(kept, results, spans, contexts, path, report, outcomes)
+        self.telemetry.metrics.count_events(outcomes)
         return report
 
     def _finish(
@@ -175,14 +195,14 @@ class Router:
         contexts: list[str],
         path: str,
         report: RouteReport,
-        counts: Counter[tuple[str, str, str]],
+        outcomes: Counter[tuple[str, str, str]],
     ) -> None:
         """Each handed-off event's outcome: its span ended, its line logged."""
         metrics = self.telemetry.metrics
         for event, result, span, context in zip(kept, results, spans, contexts, strict=True):
             report.outcomes[result.outcome] += 1
             report.scheduled += result.scheduled
-            counts[(path, event.topic, result.outcome)] += 1
+            outcomes[(path, event.topic, result.outcome)] += 1
             span.set_attribute("amt.outcome", result.outcome)
             if result.outcome == "duplicate":
                 span.set_attribute("amt.first_path", result.first_path)
@@ -198,9 +218,42 @@ class Router:
             span.end()
             _log_outcome(event, result, path, span, context)
 
-    def note_rejected(self, rejected: Sequence[Rejected], *, path: str) -> None:
-        """Record input a source rejected (it dead-letters and logs it): a span
-        with ``amt.outcome`` = rejected per item and the per-reason counter."""
+    async def reject(
+        self,
+        rejected: Sequence[Rejected],
+        *,
+        path: str,
+        source: str,
+        what: str,
+        bodies: Sequence[str] | None = None,
+        details: Sequence[Mapping[str, object]] | None = None,
+    ) -> Counter[str]:
+        """Input a source could not parse: each one logged (``<path>_<what>_rejected``,
+        its reason and detail, and the item's ``details``), dead-lettered with its
+        reason (``bodies``: the raw input to keep, when the source has it), traced
+        and measured.
+
+        Returns the counters to add: pass them to the next :meth:`route` (or
+        ``route([], counts=...)``), so they are counted with the batch.
+        """
+        event = f"{path}_{what}_rejected"
+        for i, bad in enumerate(rejected):
+            log.warning(
+                event,
+                reason=bad.reason,
+                detail=bad.detail,
+                **({"event_id": bad.event_id} if bad.event_id else {}),
+                **({"replay_id": bad.replay_id} if bad.replay_id else {}),
+                **(details[i] if details is not None else {}),
+            )
+            if self.dead_letters is not None:
+                body = bodies[i] if bodies is not None else None
+                await self.dead_letters.put(bad, path=path, source=source, body=body)
+        self._trace_rejected(rejected, path=path)
+        return Counter(f"rejected:{path}:{bad.reason}" for bad in rejected)
+
+    def _trace_rejected(self, rejected: Sequence[Rejected], *, path: str) -> None:
+        """A span with ``amt.outcome`` = rejected per item, and the per-reason counter."""
         batch = get_current_span().get_span_context()
         links = [Link(batch)] if batch.is_valid else []
         for bad in rejected:

@@ -29,7 +29,8 @@ import httpx
 from ..config import Settings
 from ..errors import IngestError
 from ..policy import backoff
-from ..routing.events import DELETED_FIELD, FULL_FIELD, position_key
+from ..routing.events import DELETED_FIELD, FULL_FIELD
+from ..routing.positions import position_key
 
 __all__ = [
     "API_VERSION",

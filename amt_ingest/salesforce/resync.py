@@ -36,9 +36,10 @@ from typing import Any
 import structlog
 from arq import Retry
 
-from ..coordination import RECONCILE_FIELD, REREAD_FIELD, Coordinator
+from ..coordination import Coordinator
 from ..errors import CoordinationError, StoreError
-from ..routing.events import DELETED_FIELD, position_key
+from ..routing.events import DELETED_FIELD, RECONCILE_FIELD, REREAD_FIELD
+from ..routing.positions import position_key
 from ..store import Store
 from ..telemetry.metrics import Metrics
 from .client import SalesforceClient, SalesforceError, tombstone_position
@@ -115,9 +116,9 @@ async def run_resync(
     """
     started = time.monotonic()
     since_ms = int(position[:15])
-    progress = await coordinator.resync_progress(resync_id)
+    progress = await coordinator.resyncs.progress(resync_id)
     end_ms = int(progress.get("end_ms") or _now_ms())
-    await coordinator.update_resync(
+    await coordinator.resyncs.update(
         resync_id,
         topic=topic,
         since=_iso(since_ms),
@@ -141,7 +142,7 @@ async def run_resync(
         _Mark(f"d:{rid}", rid, org, {DELETED_FIELD: (tombstone_position(ms), True)})
         for rid, ms in sorted(deletes.records.items())
     ]
-    await coordinator.update_resync(
+    await coordinator.resyncs.update(
         resync_id, state="marking", total=len(marks), deleted=len(deletes.records)
     )
     marked, already, finished = await _mark_all(
@@ -179,8 +180,8 @@ async def _report_unknown_deletes(
     known_from_ms: int,
 ) -> None:
     """Say once per resync that Salesforce no longer knows every delete of its window."""
-    await coordinator.update_resync(resync_id, deletes_known_from=_iso(known_from_ms))
-    await coordinator.count({f"deletes_unknown:resync:{topic}": 1})
+    await coordinator.resyncs.update(resync_id, deletes_known_from=_iso(known_from_ms))
+    await coordinator.handoff.count({f"deletes_unknown:resync:{topic}": 1})
     if metrics is not None:
         metrics.resync_deletes_unknown.add(1, {"topic": topic})
     log.error(
@@ -214,10 +215,10 @@ async def run_full_resync(
     :class:`CoordinationError` or :class:`StoreError`.
     """
     started = time.monotonic()
-    progress = await coordinator.resync_progress(resync_id)
+    progress = await coordinator.resyncs.progress(resync_id)
     at_ms = int(progress.get("end_ms") or _now_ms())
     position = position_key(at_ms, 0, 0)
-    await coordinator.update_resync(
+    await coordinator.resyncs.update(
         resync_id,
         topic=topic,
         since="full",
@@ -230,7 +231,7 @@ async def run_full_resync(
     marks = [
         _Mark(rid, rid, record_org, {RECONCILE_FIELD: (position, True)}) for rid, record_org in live
     ]
-    await coordinator.update_resync(resync_id, state="marking", total=len(marks))
+    await coordinator.resyncs.update(resync_id, state="marking", total=len(marks))
     marked, already, finished = await _mark_all(
         coordinator, resync_id, topic, marks, rate, on_progress, budget_s, started
     )
@@ -259,7 +260,7 @@ async def _mark_all(
 ) -> tuple[int, int, bool]:
     """Hand each mark not done yet to its record, at most ``rate`` per second;
     returns ``(marked, already_done, finished)``."""
-    done_flags = await coordinator.resync_done_ids(resync_id, [m.member for m in marks])
+    done_flags = await coordinator.resyncs.done_ids(resync_id, [m.member for m in marks])
     already = sum(done_flags)
     marked = 0
     interval = 1.0 / rate if rate > 0 else 0.0
@@ -268,19 +269,19 @@ async def _mark_all(
         if done:
             continue
         if budget_s is not None and time.monotonic() - started > budget_s:
-            await coordinator.update_resync(resync_id, updated=_now_ms())
+            await coordinator.resyncs.update(resync_id, updated=_now_ms())
             return marked, already, False
         if interval:
             delay = next_at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             next_at = max(next_at, time.monotonic()) + interval
-        await coordinator.mark(topic, mark.record_id, mark.changes, org=mark.org)
-        await coordinator.resync_mark_done(resync_id, mark.member)
+        await coordinator.resyncs.mark(topic, mark.record_id, mark.changes, org=mark.org)
+        await coordinator.resyncs.mark_done(resync_id, mark.member)
         marked += 1
         if on_progress is not None:
             on_progress(already + marked, len(marks))
-    await coordinator.update_resync(resync_id, state="done", updated=_now_ms())
+    await coordinator.resyncs.update(resync_id, state="done", updated=_now_ms())
     return marked, already, True
 
 

@@ -27,9 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from ..config import Settings
-from ..coordination import Coordinator
 from ..errors import CoordinationError
-from ..operations.deadletters.sink import DeadLetters
 from ..policy import backoff
 from ..routing.events import Event, Rejected, parse_sqs_message
 from ..routing.router import Router
@@ -56,8 +54,6 @@ class SqsPoller:
         sqs: Any,
         queue_url: str,
         router: Router,
-        coordinator: Coordinator,
-        dead_letters: DeadLetters,
         delays: Callable[[], Iterator[float]] | None = None,
         handoff_patience: float = 60.0,
         release_delay: int = 30,
@@ -66,8 +62,6 @@ class SqsPoller:
         self.sqs = sqs
         self.queue_url = queue_url
         self.router = router
-        self.coordinator = coordinator
-        self.dead_letters = dead_letters
         self.delays = delays or (lambda: backoff(0.5, 20.0))
         #: How long a batch waits for Redis before it is handed back to SQS.
         self.handoff_patience = handoff_patience
@@ -152,10 +146,8 @@ class SqsPoller:
         started = time.monotonic()
         while True:
             try:
-                await self.coordinator.count(rejects)
-                rejects.clear()
-                if events:
-                    await self.router.route(events, path="sqs")
+                if events or rejects:
+                    await self.router.route(events, path="sqs", counts=rejects)
                 return True
             except CoordinationError as exc:
                 delay = next(delays)
@@ -190,25 +182,24 @@ class SqsPoller:
                     max_bytes=self.settings.sqs_max_body_bytes,
                 )
                 if isinstance(result, Rejected):
-                    self.log.warning(
-                        "sqs_message_rejected",
-                        reason=result.reason,
-                        detail=result.detail,
-                        message_id=message.get("MessageId"),
-                        event_id=result.event_id,
-                    )
-                    await self.dead_letters.put(
-                        result, path="sqs", source=self.queue_url, body=message.get("Body", "")
-                    )
-                    rejects[f"rejected:sqs:{result.reason}"] += 1
                     rejected_messages.append(message)
                     bad.append(result)
                 else:
                     events.append(result)
                     event_messages.append(message)
-            self.state.dead_lettered += len(rejected_messages)
             if bad:
-                self.router.note_rejected(bad, path="sqs")
+                rejects = await self.router.reject(
+                    bad,
+                    path="sqs",
+                    source=self.queue_url,
+                    what="message",
+                    bodies=[m.get("Body", "") for m in rejected_messages],
+                    details=[
+                        {"queue_url": self.queue_url, "message_id": m.get("MessageId")}
+                        for m in rejected_messages
+                    ],
+                )
+            self.state.dead_lettered += len(rejected_messages)
             if not await self._hand_off(events, rejects, stop):
                 await self._delete(rejected_messages)  # already in the dead-letter queue
                 # Back soon, but not at once: every receive counts towards the redrive

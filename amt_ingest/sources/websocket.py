@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -38,9 +38,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.frames import CloseCode
 
 from ..config import ConfigError, Settings
-from ..coordination import Coordinator, Turn
+from ..coordination import Coordinator
 from ..errors import CoordinationError
-from ..operations.deadletters.sink import DeadLetters
 from ..policy import backoff
 from ..routing.events import (
     TOPICS,
@@ -50,9 +49,10 @@ from ..routing.events import (
     HeartbeatFrame,
     Rejected,
     SubscribedFrame,
-    lost_window_position,
     parse_ws_frame,
 )
+from ..routing.handoff import Turn
+from ..routing.positions import lost_window_position
 from ..routing.router import Router
 
 __all__ = ["ListenerState", "WebSocketListener", "close_action"]
@@ -124,14 +124,12 @@ class WebSocketListener:
         *,
         router: Router,
         coordinator: Coordinator,
-        dead_letters: DeadLetters,
         delays: Callable[[], Iterator[float]] | None = None,
         stable_after: float = 10.0,
     ):
         self.settings = settings
         self.router = router
         self.coordinator = coordinator
-        self.dead_letters = dead_letters
         self.delays = delays or (
             lambda: backoff(settings.ws_backoff_initial, settings.ws_backoff_max)
         )
@@ -248,14 +246,14 @@ class WebSocketListener:
         (``AMT_RESYNC_OVERLAP_S``: an event of the lost window may have committed
         before it and reached the stream after it)."""
         try:
-            newest = await self.coordinator.cursor_newest(CURSOR)
+            newest = await self.coordinator.cursors.newest(CURSOR)
             if newest is None:
                 return  # nothing handed off yet: `earliest` covers everything retained
             position = lost_window_position(newest[0], self.settings.resync_overlap_s)
             org = newest[1]
             window = uuid.uuid4().hex[:12]
             for topic in TOPICS:
-                await self.coordinator.enqueue_resync(
+                await self.coordinator.resyncs.enqueue(
                     topic, position=position, org=org, resync_id=f"expired-{window}-{topic}"
                 )
             log.warning("ws_resync_queued", since_position=position, topics=list(TOPICS))
@@ -289,7 +287,7 @@ class WebSocketListener:
         self.state.connected_since = None
 
     async def _subscribe_message(self) -> dict[str, Any]:
-        cursor = None if self._from_earliest else await self.coordinator.get_cursor(CURSOR)
+        cursor = None if self._from_earliest else await self.coordinator.cursors.get(CURSOR)
         if cursor:
             replay: dict[str, Any] = {"preset": "custom", "replay_id": cursor}
         elif self._from_earliest:
@@ -363,10 +361,10 @@ class WebSocketListener:
             received_ns = time.time_ns()
             frame = parse_ws_frame(message, max_bytes=self.settings.ws_max_frame_bytes)
             if isinstance(frame, Rejected):
-                log.warning("ws_frame_rejected", reason=frame.reason, detail=frame.detail)
-                self.router.note_rejected([frame], path="ws")
-                await self.dead_letters.put(frame, path="ws", source=self.settings.passport_ws_url)
-                await self.coordinator.count({f"rejected:ws:{frame.reason}": 1})
+                counts = await self.router.reject(
+                    [frame], path="ws", source=self.settings.passport_ws_url, what="frame"
+                )
+                await self.router.route([], path="ws", counts=counts)
             elif isinstance(frame, EventsFrame):
                 frames.put_nowait((frame, received_ns))
             elif isinstance(frame, SubscribedFrame):
@@ -428,7 +426,7 @@ class WebSocketListener:
                 # the capacity check then counts the records they gave to jobs.
                 records = sum(n for _, n in under_way)
                 if records and (
-                    self.coordinator.last_pending + records >= self.router.max_pending_records
+                    self.router.handoff.last_pending + records >= self.router.max_pending_records
                 ):
                     while under_way:
                         await under_way.popleft()[0]
@@ -486,20 +484,15 @@ class WebSocketListener:
         frames' credits."""
         events = [item for item in items if isinstance(item, Event)]
         rejected = [item for item in items if isinstance(item, Rejected)]
-        for bad in rejected:
-            log.warning(
-                "ws_event_rejected",
-                reason=bad.reason,
-                detail=bad.detail,
-                event_id=bad.event_id,
-                replay_id=bad.replay_id,
+        counts = (
+            await self.router.reject(
+                rejected, path="ws", source=self.settings.passport_ws_url, what="event"
             )
-            await self.dead_letters.put(bad, path="ws", source=self.settings.passport_ws_url)
-        if rejected:
-            self.router.note_rejected(rejected, path="ws")
-            await self.coordinator.count(Counter(f"rejected:ws:{b.reason}" for b in rejected))
-        if events:
-            await self.router.route(events, path="ws", turn=turn)
+            if rejected
+            else None
+        )
+        if events or counts:
+            await self.router.route(events, path="ws", turn=turn, counts=counts)
         if before is not None:
             await before
         last = next((i.replay_id for i in reversed(items) if i.replay_id), None)
@@ -516,7 +509,7 @@ class WebSocketListener:
         ):
             if last is not None:
                 newest = max(events, key=lambda e: e.position, default=None)
-                await self.coordinator.set_cursor(
+                await self.coordinator.cursors.set(
                     CURSOR,
                     last,
                     position=newest.position if newest else None,

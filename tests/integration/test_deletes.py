@@ -22,7 +22,8 @@ from structlog.testing import capture_logs
 
 from amt_ingest.coordination import Coordinator
 from amt_ingest.operations.status import build_view
-from amt_ingest.routing.events import DELETED_FIELD, position_key
+from amt_ingest.routing.events import DELETED_FIELD
+from amt_ingest.routing.positions import position_key
 from amt_ingest.salesforce.client import SalesforceClient
 from amt_ingest.salesforce.resync import position_at, run_full_resync, run_resync
 from amt_ingest.simulator import Simulator, SimulatorOptions
@@ -212,7 +213,7 @@ async def test_a_resync_tombstones_the_deletes_of_its_window(sim: Simulator, coo
         assert rows[rid]["fields"] == ({"Name": "old"} if rid in known_live else {})
     for rid in revived:
         assert rows[rid] == truth[rid]  # re-read: the undelete wins over the tombstone
-    progress = await coord.resync_progress("w1")
+    progress = await coord.resyncs.progress("w1")
     assert progress["state"] == "done" and int(progress["deleted"]) == len(deletes)
 
 
@@ -264,7 +265,7 @@ async def test_unknown_deletes_are_an_error_event_a_metric_and_in_status(sim: Si
     assert [(dict(p.attributes), p.value) for p in points] == [
         ({"topic": "External_Attachment__c"}, 1)
     ]
-    view = build_view(await coord.overview(), None, 1.0, None)
+    view = build_view(await coord.observations.overview(), None, 1.0, None)
     assert view["deletes_unknown"] == {"External_Attachment__c": 1}
     (row,) = [r for r in view["resyncs"] if r["id"] == "w2"]
     assert row["deletes_known_from"] == result.deletes_known_from

@@ -113,7 +113,7 @@ async def reject_ws(w: World, obj: Any, *, to_file: bool = False) -> None:
 
 async def dead_record(w: World) -> None:
     """A record whose job failed its only try (the database is down)."""
-    await w.coordinator.ingest(
+    await w.coordinator.handoff.ingest(
         [make_event(100, {"StageName": "A", "Name": "n"}, change="CREATE")], path="ws"
     )
     ((job, _),) = await queued_jobs(w.coordinator)
@@ -351,7 +351,7 @@ async def route_queue(w: World, queue_url: str) -> None:
         queue_url,
         w.coordinator,
         w.dead_letters,
-        router=Router(w.coordinator, allowed_orgs=[ORG]),
+        router=Router(w.coordinator.handoff, allowed_orgs=[ORG]),
     )
     await drain(poller, w.sqs, queue_url)
 
@@ -370,7 +370,7 @@ async def test_replayed_envelope_flows_through_the_router_and_twice_is_applied_o
         assert result.out.splitlines()[-1] == "replayed 1, skipped 0, failed 0"
         assert await depth(w, w.a.dlq_url) == (0, 0)
         await route_queue(w, w.a.queue_url)
-        assert (await w.coordinator.stats())["first:sqs:Opportunity"] == 1
+        assert (await w.coordinator.observations.stats())["first:sqs:Opportunity"] == 1
         ((job, _),) = await queued_jobs(w.coordinator)
         assert await run_job(w.coordinator, store, job) == "released"
         (row,) = [r async for r in store.export()]
@@ -380,7 +380,7 @@ async def test_replayed_envelope_flows_through_the_router_and_twice_is_applied_o
         await redrive(w, w.a.queue_url, ENVELOPE)
         assert (await dlq(w, "replay", places=("sqs",))).status == 0
         await route_queue(w, w.a.queue_url)
-        stats = await w.coordinator.stats()
+        stats = await w.coordinator.observations.stats()
         assert stats["first:sqs:Opportunity"] == 1
         assert stats["duplicate:sqs:Opportunity"] == 1
         # No job was created after the first (r:1 stays in arq's queue: no arq worker ran it).
@@ -444,7 +444,7 @@ async def test_dead_records_are_replayed_into_a_job(world: World):
     result = await dlq(w, "replay", places=("records",))
     assert result.status == 0
     assert f"records:Opportunity:{RID}: replayed, 3 changes back in a job" in result.out
-    assert await w.coordinator.dead_records() == []
+    assert await w.coordinator.dead_records.list() == []
     # A fresh job owns the record (r:1 was the job that failed).
     assert await w.coordinator.redis.hget(record_key("Opportunity", RID), "job") == b"r:2"
     again = await dlq(w, "replay", places=("records",))
@@ -550,7 +550,7 @@ async def test_a_replay_killed_between_send_and_delete_loses_nothing(world: Worl
     assert await depth(w, w.a.dlq_url) == (0, 0)
     assert await depth(w, w.a.queue_url) == (2, 0)
     await route_queue(w, w.a.queue_url)
-    stats = await w.coordinator.stats()
+    stats = await w.coordinator.observations.stats()
     assert stats["first:sqs:Opportunity"] == 1
     assert stats["duplicate:sqs:Opportunity"] == 1
     assert len(await queued_jobs(w.coordinator)) == 1
@@ -593,7 +593,7 @@ async def test_purge_deletes_only_the_matches_one_by_one(world: World):
     )
 
     assert (await dlq(w, "purge", places=("records",), topic="Opportunity", yes=True)).status == 0
-    assert await w.coordinator.dead_records() == []
+    assert await w.coordinator.dead_records.list() == []
     assert (await dlq(w, "purge", places=("file",), yes=True)).status == 0
     assert w.settings.dead_letter_file.read_bytes() == b""
     assert (await dlq(w, "purge", org=OTHER_ORG, yes=True)).status == 0
@@ -608,10 +608,10 @@ async def test_purging_a_record_dead_lettered_again_since_it_was_read_keeps_it(w
 
     w = world
     await dead_record(w)
-    (entry,) = await w.coordinator.dead_records()
+    (entry,) = await w.coordinator.dead_records.list()
     stale = record_letter({**entry, "at": entry["at"] - 1})
     place = RecordDeadLetters(w.coordinator)
     assert "dead-lettered again" in (await place.delete(stale) or "")
-    assert len(await w.coordinator.dead_records()) == 1
+    assert len(await w.coordinator.dead_records.list()) == 1
     assert await place.delete(record_letter(entry)) is None
-    assert await w.coordinator.dead_records() == []
+    assert await w.coordinator.dead_records.list() == []

@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect
 
 from amt_ingest.errors import StoreError
-from amt_ingest.routing.events import position_key
+from amt_ingest.routing.positions import position_key
 from amt_ingest.store import TABLES, Store, metadata, migrations
 from tests.conftest import POSTGRES_URL
 

@@ -166,7 +166,7 @@ async def test_an_org_added_by_the_command_reaches_the_router_after_the_ttl(stor
         clock = Clock()
         orgs = OrgFilter([ORG], source=store, ttl_s=TTL, clock=clock)
         await orgs.load()
-        router = Router(coord, orgs=orgs)
+        router = Router(coord.handoff, orgs=orgs)
 
         def theirs():
             return make_event(
@@ -193,7 +193,7 @@ async def test_an_empty_allow_list_keeps_every_org(store, redis_url):
     client = aioredis.Redis.from_url(redis_url)
     try:
         orgs = OrgFilter(source=store, ttl_s=TTL, clock=Clock())
-        router = Router(Coordinator(client, dedup_ttl=3600), orgs=orgs)
+        router = Router(Coordinator(client, dedup_ttl=3600).handoff, orgs=orgs)
         event = make_event(100, {"Name": "x"}, org=OTHER)
         assert (await router.route([event], path="ws")).outcomes == {"first": 1}
     finally:

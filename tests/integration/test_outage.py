@@ -27,7 +27,7 @@ async def test_jobs_ride_through_a_database_outage(redis_url):
     client = aioredis.Redis.from_url(redis_url)
     coord = Coordinator(client, dedup_ttl=3600)
     rids = [f"0065g00000Out{i:05d}" for i in range(5)]
-    await coord.ingest(
+    await coord.handoff.ingest(
         [make_event(100, {"Name": f"n{i}"}, record_ids=(rid,)) for i, rid in enumerate(rids)],
         path="ws",
     )
@@ -39,7 +39,7 @@ async def test_jobs_ride_through_a_database_outage(redis_url):
             with pytest.raises(Retry):
                 await apply_record({**ctx, "job_id": job_id, "job_try": 1}, topic, rid)
         # Events keep arriving during the outage; they merge, no new jobs.
-        (during,) = await coord.ingest(
+        (during,) = await coord.handoff.ingest(
             [make_event(200, {"StageName": "late"}, record_ids=(rids[0],))], path="sqs"
         )
         assert during.scheduled == 0
@@ -52,7 +52,7 @@ async def test_jobs_ride_through_a_database_outage(redis_url):
         rows = [r async for r in store.export()]
         assert [r["id"] for r in rows] == rids
         assert rows[0]["fields"] == {"Name": "n0", "StageName": "late"}
-        assert await coord.dead_records() == []
+        assert await coord.dead_records.list() == []
     finally:
         await proxy.stop()
         await store.close()

@@ -79,7 +79,7 @@ async def test_gap_event_rereads_the_record(sim, coord, store):
     try:
         snapshot = await client.get_record(topic, rid)
         assert snapshot is not None
-        await coord.ingest([gap_event(topic, rid, snapshot.modstamp_ms - 1000)], path="ws")
+        await coord.handoff.ingest([gap_event(topic, rid, snapshot.modstamp_ms - 1000)], path="ws")
         assert await run_all(coord, store, client) == ["released"]
     finally:
         await client.aclose()
@@ -97,7 +97,7 @@ async def test_snapshot_loses_to_a_later_change_and_wins_over_earlier(sim, coord
         snapshot = await client.get_record(topic, rid)
         assert snapshot is not None
         ms = snapshot.modstamp_ms
-        await coord.ingest(
+        await coord.handoff.ingest(
             [
                 gap_event(topic, rid, ms - 5000),
                 make_event(ms - 10_000, {"StageName": "older"}, record_ids=(rid,)),
@@ -116,10 +116,10 @@ async def test_record_that_salesforce_does_not_have_is_a_tombstone(sim, coord, s
     client = SalesforceClient(sim.sf_url, token=lambda: TOKEN)
     try:
         rid = "0065g00000NoSuchAA"
-        await coord.ingest(
+        await coord.handoff.ingest(
             [make_event(100, {"Name": "x"}, record_ids=(rid,), change="CREATE")], path="ws"
         )
-        await coord.ingest([gap_event("Opportunity", rid, 200, "GAP_DELETE")], path="ws")
+        await coord.handoff.ingest([gap_event("Opportunity", rid, 200, "GAP_DELETE")], path="ws")
         assert await run_all(coord, store, client) == ["released"]
     finally:
         await client.aclose()
@@ -214,10 +214,10 @@ async def test_overflow_resyncs_the_type_from_its_commit_time(sim, coord, store)
                 modstamps[record["id"]] = snap.modstamp_ms
         cut = sorted(modstamps.values())[len(modstamps) // 2]
         overflow = overflow_event("External_Attachment__c", cut)
-        (result,) = await coord.ingest([overflow], path="ws")
+        (result,) = await coord.handoff.ingest([overflow], path="ws")
         assert result.outcome == "first" and result.scheduled == 1
         # The same overflow on the other path starts nothing more.
-        (again,) = await coord.ingest([overflow], path="sqs")
+        (again,) = await coord.handoff.ingest([overflow], path="sqs")
         assert again.outcome == "duplicate" and again.scheduled == 0
         outcomes = await run_queue(coord, store, client)
     finally:
@@ -273,7 +273,7 @@ async def test_a_resync_resumes_where_it_stopped(sim, coord):
         await client.aclose()
     assert again.already_done == 5
     assert again.marked == again.found - 5
-    progress = await coord.resync_progress("r1")
+    progress = await coord.resyncs.progress("r1")
     assert progress["state"] == "done" and int(progress["marked"]) == again.found
 
 

@@ -22,20 +22,20 @@ async def coord(redis_url):
 
 
 async def test_other_orgs_are_filtered_and_counted(coord):
-    router = Router(coord, allowed_orgs=[ORG])
+    router = Router(coord.handoff, allowed_orgs=[ORG])
     ours = make_event(100, {"StageName": "A"})
     theirs = make_event(
         100, {"StageName": "B"}, record_ids=("0065g00000ZzZzZAAA",), org="00D5g000009XyZQEA0"
     )
     report = await router.route([ours, theirs], path="ws")
     assert report.outcomes == {"first": 1, "filtered": 1}
-    stats = await coord.stats()
+    stats = await coord.observations.stats()
     assert stats["filtered:ws:Opportunity"] == 1
     assert len(await queued_jobs(coord)) == 1
 
 
 async def test_intake_waits_while_too_many_records_are_pending(coord, store):
-    router = Router(coord, max_pending_records=3, capacity_poll_s=0.02)
+    router = Router(coord.handoff, max_pending_records=3, capacity_poll_s=0.02)
     events = [
         make_event(100, {"Name": f"n{i}"}, record_ids=(f"0065g00000AbCd{i:04d}",)) for i in range(3)
     ]
@@ -52,7 +52,7 @@ async def test_intake_waits_while_too_many_records_are_pending(coord, store):
 
 
 async def test_wait_for_capacity_returns_on_stop(coord):
-    router = Router(coord, max_pending_records=1, capacity_poll_s=0.02)
+    router = Router(coord.handoff, max_pending_records=1, capacity_poll_s=0.02)
     await router.route([make_event(100, {"Name": "x"})], path="ws")
     stop = asyncio.Event()
     waiter = asyncio.create_task(router.wait_for_capacity(stop))

@@ -35,15 +35,11 @@ def make_poller(
     router: Router | None = None,
     **options,
 ) -> SqsPoller:
-    return SqsPoller(
-        settings,
-        sqs=sqs,
-        queue_url=queue_url,
-        router=router or Router(coordinator),
-        coordinator=coordinator,
-        dead_letters=dead_letters,
-        **options,
-    )
+    """A poller whose router hands off to ``coordinator`` and dead-letters to
+    ``dead_letters`` (a router given without dead letters gets these)."""
+    router = router or Router(coordinator.handoff)
+    router.dead_letters = router.dead_letters or dead_letters
+    return SqsPoller(settings, sqs=sqs, queue_url=queue_url, router=router, **options)
 
 
 @pytest.fixture
@@ -113,10 +109,10 @@ async def test_both_body_shapes_are_handed_off_and_deleted(env):
         boot.queue_url,
         coordinator,
         dead,
-        router=Router(coordinator, allowed_orgs=[ORG]),
+        router=Router(coordinator.handoff, allowed_orgs=[ORG]),
     )
     await drain(poller, sqs, boot.queue_url)
-    stats = await coordinator.stats()
+    stats = await coordinator.observations.stats()
     assert stats["first:sqs:Opportunity"] == 1
     assert stats["first:sqs:External_Attachment__c"] == 1
     assert stats["duplicate:sqs:Opportunity"] == 1
@@ -146,7 +142,7 @@ async def test_malformed_goes_to_the_dlq_with_its_reason_and_the_rest_goes_on(en
         boot.queue_url,
         coordinator,
         dead,
-        router=Router(coordinator, allowed_orgs=[ORG]),
+        router=Router(coordinator.handoff, allowed_orgs=[ORG]),
     )
     await drain(poller, sqs, boot.queue_url)
     dlq = await receive_all(sqs, boot.dlq_url)
@@ -154,7 +150,7 @@ async def test_malformed_goes_to_the_dlq_with_its_reason_and_the_rest_goes_on(en
     assert reasons == ["invalid_event", "invalid_json", "invalid_json"]
     assert {m["Body"] for m in dlq} == {"not json", truncated, json.dumps({"event_id": "x"})}
     assert all(m["MessageAttributes"]["path"]["StringValue"] == "sqs" for m in dlq)
-    stats = await coordinator.stats()
+    stats = await coordinator.observations.stats()
     assert (
         stats["filtered:sqs:Opportunity"] == 1
     )  # unknown org: filtered and counted, not dead-lettered
@@ -237,7 +233,7 @@ async def test_handoff_retries_in_place_while_redis_is_down(env, redis_url):
     await proxy.start()  # Redis is back
     await asyncio.wait_for(handling, 10)
     assert poller.state.deleted == 1
-    stats = await coordinator.stats()
+    stats = await coordinator.observations.stats()
     assert stats["first:sqs:External_Attachment__c"] == 1
     await client.aclose()
     await proxy.stop()
@@ -299,7 +295,7 @@ async def test_partial_delete_failure_is_reported_not_raised(env):
 
 async def test_polling_pauses_while_too_many_records_are_pending(env):
     settings, boot, sqs, coordinator, tmp = env
-    router = Router(coordinator, max_pending_records=1, capacity_poll_s=0.05)
+    router = Router(coordinator.handoff, max_pending_records=1, capacity_poll_s=0.05)
     from tests.integration.test_coordination import make_event
 
     # One record pending (no worker runs): intake is at its high-water mark.
@@ -418,4 +414,4 @@ async def test_throttling_errors_are_retried_not_fatal(env):
     assert poller.state.deleted == 5
     assert throttled["AmazonSQS.ReceiveMessage"] == 6  # more than botocore retries alone
     assert throttled["AmazonSQS.DeleteMessageBatch"] == 2
-    assert (await coordinator.stats())["first:sqs:External_Attachment__c"] == 1
+    assert (await coordinator.observations.stats())["first:sqs:External_Attachment__c"] == 1

@@ -35,9 +35,11 @@ async def test_status_once_shows_what_redis_and_readyz_hold(redis_url):
     client = aioredis.Redis.from_url(redis_url)
     coord = Coordinator(client, dedup_ttl=3600)
     event = parse_event(load("event-opportunity-update.json"))
-    await coord.ingest([event], path="ws", track_one_path=True)
-    await coord.ingest([event], path="sqs", track_one_path=True)
-    await coord.publish_gauges({"ws:connected": 0, "ws:state_for_s": 12.5, "ws:reconnects": 4})
+    await coord.handoff.ingest([event], path="ws", track_one_path=True)
+    await coord.handoff.ingest([event], path="sqs", track_one_path=True)
+    await coord.observations.publish_gauges(
+        {"ws:connected": 0, "ws:state_for_s": 12.5, "ws:reconnects": 4}
+    )
 
     async def failing() -> tuple[bool, str]:
         return False, "websocket=down 90s sqs=failing"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from amt_ingest.routing.events import DELETED_FIELD, position_key
+from amt_ingest.routing.events import DELETED_FIELD
+from amt_ingest.routing.positions import position_key
 from amt_ingest.store import TABLES
 
 ORG = "00D5g000004ZzABEA0"

@@ -118,7 +118,7 @@ async def test_one_event_on_both_paths_is_one_linked_trace(rig, aws_env, store, 
     telemetry = traced.telemetry
     telemetry.instrument_redis(r.coord.redis)
     telemetry.instrument_engine(store.engine)
-    router = Router(r.coord, telemetry=telemetry, track_one_path=True)
+    router = Router(r.coord.handoff, telemetry=telemetry, track_one_path=True)
 
     # Path 1: the WebSocket brings the three events.
     running = r.start(settings, router=router)
@@ -200,7 +200,7 @@ async def test_one_event_on_both_paths_is_one_linked_trace(rig, aws_env, store, 
     assert events[(("outcome", "duplicate"), ("path", "sqs"), ("topic", topic))] == 1
     # One job outcome per record a run applied.
     assert sum(traced.sums("amt.jobs").values()) == len(applies)
-    stats = await r.coord.stats()
+    stats = await r.coord.observations.stats()
     assert stats[f"cross:ws:{topic}"] == 1
     assert len(await r.coord.redis.lrange("amt:lags", 0, -1)) == 1
     # The other two were seen on the WebSocket only so far.
@@ -211,7 +211,7 @@ async def test_a_coalesced_job_links_every_event(redis_url, store):
     client = aioredis.Redis.from_url(redis_url)
     coord = Coordinator(client, dedup_ttl=3600)
     traced = Traced(Settings(redis_url=redis_url))
-    router = Router(coord, telemetry=traced.telemetry)
+    router = Router(coord.handoff, telemetry=traced.telemetry)
     base = json.loads((SAMPLES / "event-opportunity-update.json").read_text())
     events = []
     for i in range(5):
@@ -246,7 +246,7 @@ async def test_links_of_a_run_are_dropped_and_later_ones_kept(redis_url, store):
     client = aioredis.Redis.from_url(redis_url)
     coord = Coordinator(client, dedup_ttl=3600)
     traced = Traced(Settings(redis_url=redis_url))
-    router = Router(coord, telemetry=traced.telemetry)
+    router = Router(coord.handoff, telemetry=traced.telemetry)
     base = json.loads((SAMPLES / "event-opportunity-update.json").read_text())
 
     def event(i: int) -> Any:
@@ -258,7 +258,7 @@ async def test_links_of_a_run_are_dropped_and_later_ones_kept(redis_url, store):
 
     await router.route([event(0), event(1)], path="ws")
     ((job_id, _),) = await client.zrange(QUEUE_NAME, 0, -1, withscores=True)
-    record = await coord.claim(
+    record = await coord.records.claim(
         "Opportunity",
         base["payload"]["ChangeEventHeader"]["recordIds"][0],
         job_id.decode(),
@@ -267,7 +267,7 @@ async def test_links_of_a_run_are_dropped_and_later_ones_kept(redis_url, store):
     )
     assert record is not None and not isinstance(record, int)
     await router.route([event(2)], path="ws")  # arrives while the run works
-    status, _ = await coord.complete(record, job_id.decode())
+    status, _ = await coord.records.complete(record, job_id.decode())
     assert status == "handed_over"
     links = await client.hget(
         f"amt:rec:Opportunity:{base['payload']['ChangeEventHeader']['recordIds'][0]}", "l"
@@ -286,7 +286,7 @@ async def test_a_batch_run_has_a_span_that_each_record_links(redis_url, store):
     coord = Coordinator(client, dedup_ttl=3600)
     traced = Traced(Settings(redis_url=redis_url))
     traced.telemetry.instrument_engine(store.engine)
-    router = Router(coord, telemetry=traced.telemetry)
+    router = Router(coord.handoff, telemetry=traced.telemetry)
     base = json.loads((SAMPLES / "event-opportunity-update.json").read_text())
     events = []
     for i in range(3):

@@ -172,11 +172,14 @@ class Rig:
         stable_after: float = 10.0,
         stop: asyncio.Event | None = None,
     ) -> Running:
+        router = router or Router(self.coord.handoff, capacity_poll_s=0.02)
+        router.dead_letters = router.dead_letters or DeadLetters(
+            sqs=None, dlq_url=None, fallback_path=self.dead_path
+        )
         listener = WebSocketListener(
             settings or self.settings(),
-            router=router or Router(self.coord, capacity_poll_s=0.02),
+            router=router,
             coordinator=self.coord,
-            dead_letters=DeadLetters(sqs=None, dlq_url=None, fallback_path=self.dead_path),
             delays=delays,
             stable_after=stable_after,
         )
@@ -186,7 +189,7 @@ class Rig:
         return running
 
     async def cursor(self) -> str | None:
-        return await self.coord.get_cursor("ws")
+        return await self.coord.cursors.get("ws")
 
     async def delivered(self) -> bool:
         """The stream is complete and the cursor stands on its last replay id."""
@@ -195,14 +198,14 @@ class Rig:
     async def counts(self) -> Counter[str]:
         """WebSocket outcomes summed over topics/reasons: first, duplicate, stale, rejected."""
         out: Counter[str] = Counter()
-        for key, n in (await self.coord.stats()).items():
+        for key, n in (await self.coord.observations.stats()).items():
             kind, path, _ = key.split(":", 2)
             if path == "ws":
                 out[kind] += n
         return out
 
     async def firsts_by_topic(self) -> dict[str, int]:
-        stats = await self.coord.stats()
+        stats = await self.coord.observations.stats()
         return {t: stats.get(f"first:ws:{t}", 0) for t in TOPICS}
 
     def dead_letters(self) -> list[dict[str, Any]]:
@@ -316,7 +319,7 @@ async def test_every_live_event_is_handed_off_once_and_applied(rig: RigFactory, 
     assert running.listener.state.connected
     # One pending record per record, whatever the number of its events (bursts
     # coalesce), in jobs shared by the records of each hand-off.
-    assert await r.coord.pending_records() == len(r.sim.world.truth())
+    assert await r.coord.handoff.pending_records() == len(r.sim.world.truth())
     assert 0 < await r.coord.redis.zcard(QUEUE_NAME) <= len(r.sim.world.truth())
     await running.halt()
     assert not running.listener.state.connected
@@ -330,7 +333,7 @@ class FirstFrameHeld(Router):
     under way at once."""
 
     def __init__(self, coord: Coordinator, *, where: str, fail: bool = False) -> None:
-        super().__init__(coord, capacity_poll_s=0.02)
+        super().__init__(coord.handoff, capacity_poll_s=0.02)
         self.where = where
         self.fail = fail
         self.door = asyncio.Event()
@@ -338,13 +341,13 @@ class FirstFrameHeld(Router):
         self.second_done = asyncio.Event()
         self.calls = 0
 
-    async def route(self, events: Any, *, path: str, turn: Any = None) -> Any:
+    async def route(self, events: Any, *, path: str, turn: Any = None, counts: Any = None) -> Any:
         self.calls += 1
         if self.calls == 1:
             if self.where == "before":
                 await self.second_called.wait()
                 await self.door.wait()
-            report = await super().route(events, path=path, turn=turn)
+            report = await super().route(events, path=path, turn=turn, counts=counts)
             if self.where == "after":
                 await self.second_done.wait()
                 await self.door.wait()
@@ -353,7 +356,7 @@ class FirstFrameHeld(Router):
             return report
         if self.calls == 2:
             self.second_called.set()
-        report = await super().route(events, path=path, turn=turn)
+        report = await super().route(events, path=path, turn=turn, counts=counts)
         if self.calls == 2:
             self.second_done.set()
         return report
@@ -455,7 +458,7 @@ async def test_credits_withheld_while_the_router_cannot_hand_off(
     r = await rig(events=events, max_batch=1, faults=policy)
     await r.sim.run()
     # Intake is at its high-water mark after the first hand-off: it must stop there.
-    router = Router(r.coord, max_pending_records=1, capacity_poll_s=0.02)
+    router = Router(r.coord.handoff, max_pending_records=1, capacity_poll_s=0.02)
     running = r.start(r.settings(ws_credits=credits), router=router)
     policy.listener = running.listener
 
@@ -631,7 +634,7 @@ async def test_expired_cursor_resubscribes_from_earliest(
 ) -> None:
     r = await rig(events=150, faults=Faults(subscribed=expire_first if bare_close else None))
     await r.sim.run()
-    await r.coord.set_cursor("ws", cursor)  # older than the retention, or not Passport's
+    await r.coord.cursors.set("ws", cursor)  # older than the retention, or not Passport's
     running = r.start()
     await until(r.delivered, what="everything from earliest")
 
@@ -648,12 +651,13 @@ async def test_expired_resume_point_queues_a_resync_of_every_type(rig: RigFactor
     """Events in the expired window may never come: each type is resynced from
     ``AMT_RESYNC_OVERLAP_S`` before the newest event handed off before the expiry
     (an event after the resume point may have committed before that one)."""
-    from amt_ingest.routing.events import TOPICS, position_key
+    from amt_ingest.routing.events import TOPICS
+    from amt_ingest.routing.positions import position_key
 
     r = await rig(events=20, faults=Faults(subscribed=expire_first))
     await r.sim.run()
     newest = position_key(1764064158000, 74487681550, 1)
-    await r.coord.set_cursor("ws", encode_replay_id(5), position=newest, org="00D5g000004ZzABEA0")
+    await r.coord.cursors.set("ws", encode_replay_id(5), position=newest, org="00D5g000004ZzABEA0")
     running = r.start()
     await until(r.delivered, what="everything from earliest")
     resyncs = [
@@ -842,7 +846,7 @@ async def test_malformed_input_is_dead_lettered_and_the_stream_goes_on(
     dead = r.dead_letters()
     assert len(dead) == malformed
     reasons = Counter(d["reason"] for d in dead)
-    stats = await r.coord.stats()
+    stats = await r.coord.observations.stats()
     assert {k.removeprefix("rejected:ws:"): v for k, v in stats.items() if "rejected:" in k} == (
         reasons
     )

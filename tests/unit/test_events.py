@@ -19,9 +19,9 @@ from amt_ingest.routing.events import (
     parse_event,
     parse_sqs_message,
     parse_ws_frame,
-    position_key,
     record_changes,
 )
+from amt_ingest.routing.positions import position_key
 from tests.conftest import SAMPLES
 
 EVENT_SAMPLES = sorted(SAMPLES.glob("event-*.json"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from amt_ingest.coordination import Turn
+from amt_ingest.routing.handoff import Turn
 
 
 async def test_a_hand_off_that_ran_nothing_lets_the_next_go_only_after_the_one_before():

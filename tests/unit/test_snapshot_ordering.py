@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from amt_ingest.routing.events import DELETED_FIELD, FULL_FIELD, position_key
+from amt_ingest.routing.events import DELETED_FIELD, FULL_FIELD
 from amt_ingest.routing.merge import combine, merge
+from amt_ingest.routing.positions import position_key
 from amt_ingest.salesforce.client import Snapshot, snapshot_changes, snapshot_position
 
 ORG = "00D5g000004ZzABEA0"

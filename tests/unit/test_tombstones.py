@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import itertools
 
-from amt_ingest.routing.events import DELETED_FIELD, FULL_FIELD, lost_window_position, position_key
+from amt_ingest.routing.events import DELETED_FIELD, FULL_FIELD
 from amt_ingest.routing.merge import combine, merge
+from amt_ingest.routing.positions import lost_window_position, position_key
 from amt_ingest.salesforce.client import (
     MIN_DELETED_SPAN_MS,
     deleted_windows,

@@ -13,6 +13,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from ...coordination.keys import DEAD_RECORDS
 from ...routing.events import Event, Rejected, parse_sqs_message
 
 __all__ = [
@@ -315,7 +316,7 @@ def sqs_letter(
     )
 
 
-def record_letter(entry: Mapping[str, Any], *, location: str = "amt:dead:records") -> DeadLetter:
+def record_letter(entry: Mapping[str, Any], *, location: str = DEAD_RECORDS) -> DeadLetter:
     """A dead-lettered record (an ``amt:dead:records`` entry) as a dead letter."""
     return DeadLetter(
         id=f"records:{entry['topic']}:{entry['id']}",

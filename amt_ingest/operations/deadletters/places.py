@@ -14,7 +14,7 @@ from typing import Any, Final, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ...aws import dead_letter_queue_url
-from ...coordination import DEAD_RECORDS_KEY, Coordinator
+from ...coordination import Coordinator
 from ...errors import AwsError
 from .letters import DeadLetter, file_letter, file_line_id, queue_name, record_letter, sqs_letter
 from .sink import rewrite_fallback
@@ -275,13 +275,13 @@ class RecordDeadLetters:
 
     def __init__(self, coordinator: Coordinator):
         self.coordinator = coordinator
-        self.location = DEAD_RECORDS_KEY
+        self.location = coordinator.dead_records.location
 
     async def scan(
         self, *, keep: Callable[[DeadLetter], bool], enough: Callable[[int], bool]
     ) -> list[DeadLetter]:
         found: list[DeadLetter] = []
-        for entry in await self.coordinator.dead_records():
+        for entry in await self.coordinator.dead_records.list():
             if enough(len(found)):
                 break
             letter = record_letter(entry, location=self.location)
@@ -290,12 +290,12 @@ class RecordDeadLetters:
         return found
 
     async def replay(self, letter: DeadLetter) -> str:
-        merged = await self.coordinator.replay_dead_record(dict(letter.entry or {}))
+        merged = await self.coordinator.dead_records.replay(dict(letter.entry or {}))
         return "already replayed" if merged < 0 else f"replayed, {merged} changes back in a job"
 
     async def delete(self, letter: DeadLetter) -> str | None:
         """None when deleted, else why not."""
-        if await self.coordinator.delete_dead_record(dict(letter.entry or {})):
+        if await self.coordinator.dead_records.delete(dict(letter.entry or {})):
             return None
         return "gone already, or dead-lettered again since it was read (list it again)"
 

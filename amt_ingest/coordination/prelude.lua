@@ -1,12 +1,15 @@
--- Shared by the scripts that hand records to a job (prepended to each of them).
+-- Prepended to every script of the gateway (coordination/scripts.py).
 --
+-- KEY: the fixed key names (coordination/keys.py names the same ones).
+-- arq_job(id), arq_in_progress(id), arq_retry(id): arq's keys of a job (arq 0.28's
+--   layout, written and read here only, and by coordination/arqjobs.py).
 -- now_ms(): Redis server time in milliseconds, as a string of digits.
 -- enqueue(queue, job_id, ttl_ms, fn, args[, now[, due]]): queue an arq job (JSON
 --   serializer), to run at ``due`` (ms) or at once.
 -- next_job_id(): a fresh job id.
 -- start_job(job_id, recs, ids, queue, ttl_ms, fn[, now[, due]]): the job owns the
 --   records (keys ``recs``, ``ids`` = {{topic, record id}, ...}), they count as
---   pending (amt:pending), and its arq job is queued: state change and enqueue
+--   pending (KEY.pending), and its arq job is queued: state change and enqueue
 --   are one atomic step.
 -- new_job(rec, queue, ttl_ms, fn, topic, record_id[, now]): start_job for one record.
 -- merge_pending(rec, args, from, org, queue, ttl_ms, fn, topic, record_id): merge the
@@ -15,7 +18,28 @@
 --   change, give the record its org if it has none, and a job if none owns it.
 --   Returns how many triples were merged.
 
-local PENDING = 'amt:pending'
+local KEY = {
+  pending = 'amt:pending',
+  jobseq = 'amt:jobseq',
+  openjob = 'amt:openjob',
+  fenceseq = 'amt:fenceseq',
+  stats = 'amt:stats',
+  retrying = 'amt:retrying',
+  onepath = 'amt:onepath',
+  lags = 'amt:lags',
+}
+
+local function arq_job(job_id)
+  return 'arq:job:' .. job_id
+end
+
+local function arq_in_progress(job_id)
+  return 'arq:in-progress:' .. job_id
+end
+
+local function arq_retry(job_id)
+  return 'arq:retry:' .. job_id
+end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -24,21 +48,21 @@ end
 
 local function enqueue(queue, job_id, ttl_ms, fn, args, at, due)
   local now = at or now_ms()
-  redis.call('PSETEX', 'arq:job:' .. job_id, ttl_ms,
+  redis.call('PSETEX', arq_job(job_id), ttl_ms,
     '{"t":null,"f":' .. cjson.encode(fn) .. ',"a":' .. cjson.encode(args) ..
     ',"k":{},"et":' .. now .. '}')
   redis.call('ZADD', queue, due or now, job_id)
 end
 
 local function next_job_id()
-  return 'r:' .. redis.call('INCR', 'amt:jobseq')
+  return 'r:' .. redis.call('INCR', KEY.jobseq)
 end
 
 local function start_job(job_id, recs, ids, queue, ttl_ms, fn, at, due)
   for i = 1, #recs do
     redis.call('HSET', recs[i], 'job', job_id)
   end
-  redis.call('SADD', PENDING, unpack(recs))
+  redis.call('SADD', KEY.pending, unpack(recs))
   enqueue(queue, job_id, ttl_ms, fn, {ids}, at, due)
 end
 
