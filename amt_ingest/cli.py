@@ -7,7 +7,7 @@ import asyncio
 import datetime as dt
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -30,12 +30,28 @@ Configuration comes from AMT_* and AWS_* environment variables (see README.md)."
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .simulator import add_arguments as add_simulator_arguments
-
     parser = argparse.ArgumentParser(prog="python -m amt_ingest", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"amt_ingest {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (
+        _add_run,
+        _add_worker,
+        _add_status,
+        _add_trace,
+        _add_simulate,
+        _add_bootstrap,
+        _add_throttle,
+        _add_dlq,
+        _add_resync,
+        _add_db,
+        _add_orgs,
+        _add_export,
+    ):
+        add(sub)
+    return parser
 
+
+def _add_run(sub: Any) -> None:
     run = sub.add_parser(
         "run",
         help="run the service: WebSocket listener, SQS pollers, router and a worker (default)",
@@ -47,12 +63,16 @@ def _parser() -> argparse.ArgumentParser:
         help="do not run the embedded worker (run `worker` processes instead)",
     )
 
+
+def _add_worker(sub: Any) -> None:
     sub.add_parser(
         "worker",
         help="run an arq worker only (applies queued record jobs)",
         description="Run a worker that applies record jobs until SIGTERM or Ctrl-C.",
     )
 
+
+def _add_status(sub: Any) -> None:
     status = sub.add_parser(
         "status",
         help="live view: events per second per path, lag, queues, retries, WebSocket state",
@@ -67,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--once", action="store_true", help="print one reading and exit")
     status.add_argument("--json", action="store_true", help="with --once: print JSON")
 
+
+def _add_trace(sub: Any) -> None:
     trace = sub.add_parser(
         "trace",
         help="print the trace id of an event (search it in the trace explorer)",
@@ -75,6 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     trace.add_argument("event_id", nargs="+")
 
+
+def _add_simulate(sub: Any) -> None:
+    from .simulator import add_arguments as add_simulator_arguments
+
     sim = sub.add_parser(
         "simulate",
         help="run the Passport simulator (WebSocket stream, SNS publishing, re-read API)",
@@ -82,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_simulator_arguments(sim)
 
+
+def _add_bootstrap(sub: Any) -> None:
     boot = sub.add_parser(
         "bootstrap",
         help="create the SNS topics, monitoring queue, DLQ and subscriptions (idempotent)",
@@ -107,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
         help="json (default) or env: an AMT_SQS_QUEUE_URLS=... line",
     )
 
+
+def _add_throttle(sub: Any) -> None:
     throttle = sub.add_parser(
         "throttle",
         help="pause, slow down or resume every record job's retries at once",
@@ -117,6 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     throttle.add_argument("action", choices=("pause", "slow", "resume", "status"))
     throttle.add_argument("factor", nargs="?", type=float, help="with slow: the stretch, > 1")
 
+
+def _add_dlq(sub: Any) -> None:
     dlq = sub.add_parser(
         "dlq",
         help="list, show, replay or purge dead letters (SQS DLQs, dead records, fallback file)",
@@ -169,6 +201,8 @@ def _parser() -> argparse.ArgumentParser:
         help="how long DLQ messages read stay hidden if the command dies (default 60)",
     )
 
+
+def _add_resync(sub: Any) -> None:
     resync = sub.add_parser(
         "resync",
         help="learn again every change of a type since an instant, or reconcile it in full",
@@ -196,6 +230,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     resync.add_argument("--id", dest="resync_id", help="resync id, to resume one (default: new)")
 
+
+def _add_db(sub: Any) -> None:
     db = sub.add_parser(
         "db",
         help="upgrade the database schema (migrations) or show its revision",
@@ -212,6 +248,8 @@ def _parser() -> argparse.ArgumentParser:
         help="upgrade: the target revision (default head)",
     )
 
+
+def _add_orgs(sub: Any) -> None:
     orgs = sub.add_parser(
         "orgs",
         help="add, remove or list the allowed Salesforce orgs kept in the database",
@@ -225,6 +263,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     orgs.add_argument("--note", help="add: a note kept with the org (who, why)")
 
+
+def _add_export(sub: Any) -> None:
     export = sub.add_parser(
         "export",
         help="print every stored record as JSON lines, sorted by topic and id",
@@ -232,7 +272,6 @@ def _parser() -> argparse.ArgumentParser:
         '{"topic", "id", "org_id", "deleted", "fields"}, sorted by topic then id.',
     )
     export.add_argument("--output", "-o", help="write to this file instead of standard output")
-    return parser
 
 
 async def _bootstrap(settings: Settings, args: argparse.Namespace) -> int:
@@ -306,7 +345,7 @@ async def _db(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _orgs(settings: Settings, args: argparse.Namespace) -> int:
-    from .policy import check_org_id
+    from .policy import check_org_id, org_prefix
     from .store import Store
 
     org_id: str | None = args.org_id
@@ -330,7 +369,7 @@ async def _orgs(settings: Settings, args: argparse.Namespace) -> int:
         if org_id is None:
             await _orgs_list(settings, store)
         elif args.action == "add":
-            org, added = await store.add_org(org_id, note=note)
+            org, added = await store.orgs.add(org_id, note=note)
             if added:
                 print(
                     f"added {org.org_id}; running services keep its events within "
@@ -339,13 +378,13 @@ async def _orgs(settings: Settings, args: argparse.Namespace) -> int:
             else:
                 print(f"{org_id} is already allowed (as {org.org_id})")
         else:
-            removed = await store.remove_org(org_id)
+            removed = await store.orgs.remove(org_id)
             if removed is None:
                 print(f"{org_id} is not in the allowed_org table; nothing removed")
             else:
                 print(f"removed {removed.org_id}")
             for env_org in settings.allowed_org_ids:
-                if env_org[:15] == org_id[:15]:
+                if org_prefix(env_org) == org_prefix(org_id):
                     print(f"{env_org} stays allowed through AMT_ALLOWED_ORG_IDS")
     finally:
         await store.close()
@@ -363,7 +402,7 @@ async def _orgs_list(settings: Settings, store: Store) -> None:
             "added_at": row.added_at.isoformat(),
             "note": row.note,
         }
-        for row in await store.allowed_orgs()
+        for row in await store.orgs.list()
     ]
     for entry in entries:
         sys.stdout.write(orjson.dumps(entry).decode() + "\n")
@@ -562,9 +601,63 @@ class _ProgressBar:
             sys.stderr.write("\n")
 
 
+async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from .service import run_service
+
+    return await run_service(settings, worker=not args.no_worker)
+
+
+async def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from .service import run_service
+
+    return await run_service(settings, sources=False)
+
+
+async def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from .operations.status import run_status
+
+    url = args.url or f"http://127.0.0.1:{settings.http_port}"
+    return await run_status(
+        settings, url=url, interval=args.interval, once=args.once, as_json=args.json
+    )
+
+
+#: The commands that read the settings, by name.
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "run": _run,
+    "worker": _worker,
+    "status": _status,
+    "bootstrap": _bootstrap,
+    "export": _export,
+    "db": _db,
+    "orgs": _orgs,
+    "throttle": _throttle,
+    "dlq": _dlq,
+    "resync": _resync,
+}
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from .telemetry.tracing import event_trace_id
+
+    for event_id in args.event_id:
+        print(f"{event_id} {event_trace_id(event_id):032x}")
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .simulator import options_from_args, run_simulator
+
+    configure_logging("info")
+    asyncio.run(run_simulator(options_from_args(args)))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "run"
+    if command == "run" and not hasattr(args, "no_worker"):
+        args.no_worker = False
     if command not in ("run", "worker"):
         # Only the service turns SIGTERM into a clean shutdown (see __main__).
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
@@ -573,50 +666,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 128 + early_signals[0]
     try:
         if command == "trace":
-            from .telemetry.tracing import event_trace_id
-
-            for event_id in args.event_id:
-                print(f"{event_id} {event_trace_id(event_id):032x}")
-            return 0
+            return _trace(args)
         if command == "simulate":
-            from .simulator import options_from_args, run_simulator
-
-            configure_logging("info")
-            asyncio.run(run_simulator(options_from_args(args)))
-            return 0
+            return _simulate(args)
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
-        if command == "run":
-            from .service import run_service
-
-            return asyncio.run(run_service(settings, worker=not getattr(args, "no_worker", False)))
-        if command == "worker":
-            from .service import run_service
-
-            return asyncio.run(run_service(settings, sources=False))
-        if command == "status":
-            from .operations.status import run_status
-
-            url = args.url or f"http://127.0.0.1:{settings.http_port}"
-            return asyncio.run(
-                run_status(
-                    settings, url=url, interval=args.interval, once=args.once, as_json=args.json
-                )
-            )
-        if command == "bootstrap":
-            return asyncio.run(_bootstrap(settings, args))
-        if command == "export":
-            return asyncio.run(_export(settings, args))
-        if command == "db":
-            return asyncio.run(_db(settings, args))
-        if command == "orgs":
-            return asyncio.run(_orgs(settings, args))
-        if command == "throttle":
-            return asyncio.run(_throttle(settings, args))
-        if command == "dlq":
-            return asyncio.run(_dlq(settings, args))
-        if command == "resync":
-            return asyncio.run(_resync(settings, args))
+        return asyncio.run(COMMANDS[command](settings, args))
     except ConfigError as exc:
         print(f"amt_ingest: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -625,4 +680,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    raise AssertionError(f"unhandled command {command}")

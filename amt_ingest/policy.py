@@ -8,7 +8,14 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-__all__ = ["backoff", "check_org_id", "job_retry_delay", "org_allowed", "throttle_wait"]
+__all__ = [
+    "backoff",
+    "check_org_id",
+    "job_retry_delay",
+    "org_allowed",
+    "org_prefix",
+    "throttle_wait",
+]
 
 #: How often a paused retry looks at the throttle again (seconds).
 PAUSE_RECHECK_S = 30.0
@@ -41,10 +48,16 @@ def job_retry_delay(retry_count: int, *, rng: random.Random | None = None) -> fl
     return float(retry_count**4 + 30) + rand.random() * 10 * retry_count
 
 
+def org_prefix(org_id: str) -> str:
+    """What org matching compares: the first 15 characters (a 15- and an 18-character
+    id of one org are the same org)."""
+    return org_id[:15]
+
+
 def org_allowed(org_id: str, allowed: frozenset[str]) -> bool:
     """Whether events of ``org_id`` are kept. ``allowed`` holds 15-character ids;
     an empty set allows every org. 18-character ids match on their first 15."""
-    return not allowed or org_id[:15] in allowed
+    return not allowed or org_prefix(org_id) in allowed
 
 
 def check_org_id(org_id: str) -> str:

@@ -14,6 +14,7 @@ import gc
 import signal
 import time
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -26,7 +27,7 @@ from .coordination import Coordinator
 from .errors import AwsError, IngestError, StoreError
 from .jobs import build_worker, create_arq_pool
 from .operations.deadletters.sink import DeadLetters
-from .operations.health import HealthServer, sources_readiness
+from .operations.health import Check, HealthServer, sources_readiness
 from .operations.watch import Watcher
 from .policy import backoff
 from .routing.orgs import OrgFilter
@@ -174,6 +175,16 @@ def _running(worker: Any) -> bool:
     return any(not t.done() for t in worker.tasks.values())
 
 
+@dataclass
+class _Intake:
+    """The sources this process runs (none in a worker-only process)."""
+
+    listener: WebSocketListener | None = None
+    pollers: list[SqsPoller] = field(default_factory=list)
+    sqs: Any = None
+    dlqs: dict[str, str] = field(default_factory=dict)
+
+
 async def run_service(
     settings: Settings,
     *,
@@ -194,17 +205,11 @@ async def run_service(
         if telemetry is None:
             telemetry = setup_telemetry(settings)
             stack.callback(telemetry.shutdown)
-        redis = await _connect_redis(settings)
-        stack.push_async_callback(redis.aclose)
-        telemetry.instrument_redis(redis)
-        store = Store.open(settings.database_url)
-        stack.push_async_callback(store.close)
-        await _prepare_database(settings, store)
-        telemetry.instrument_engine(store.engine)
+        redis, store = await _open_backends(settings, stack, telemetry)
         coordinator = Coordinator(
             redis, dedup_ttl=settings.dedup_ttl_seconds, job_batch=settings.job_batch
         )
-        orgs = OrgFilter(settings.allowed_org_ids, source=store, ttl_s=settings.orgs_cache_s)
+        orgs = OrgFilter(settings.allowed_org_ids, source=store.orgs, ttl_s=settings.orgs_cache_s)
         router = Router(
             coordinator.handoff,
             orgs=orgs,
@@ -212,118 +217,19 @@ async def run_service(
             telemetry=telemetry,
             track_one_path=sources and bool(settings.sqs_queue_urls),
         )
-
         tasks: dict[str, asyncio.Task[Any]] = {}
-        listener: WebSocketListener | None = None
-        pollers: list[SqsPoller] = []
-        sqs: Any = None
-        dlqs: dict[str, str] = {}
+        intake = _Intake()
         if sources:
-            allowed = await load_orgs_at_start(orgs)
-            if not allowed:
-                log.warning(
-                    "org_filter_off",
-                    hint="set AMT_ALLOWED_ORG_IDS or run `python -m amt_ingest orgs add ORG_ID` "
-                    "to keep only your orgs",
-                )
-            if settings.sqs_queue_urls:
-                sqs = await stack.enter_async_context(aws.client(settings, "sqs"))
-                for url in settings.sqs_queue_urls:
-                    try:
-                        dlq = await aws.dead_letter_queue_url(sqs, url)
-                    except AwsError as exc:
-                        log.warning("dead_letter_queue_unknown", queue_url=url, error=str(exc))
-                        continue
-                    if dlq is None:
-                        log.warning(
-                            "dead_letter_queue_missing",
-                            queue_url=url,
-                            fallback=str(settings.dead_letter_file),
-                        )
-                    else:
-                        dlqs[url] = dlq
-            else:
-                log.warning("sqs_disabled", hint="set AMT_SQS_QUEUE_URLS to run the SQS safety net")
-            router.dead_letters = DeadLetters(
-                sqs=sqs,
-                dlq_url=next(iter(dlqs.values()), None),
-                dlq_by_source=dlqs,
-                fallback_path=settings.dead_letter_file,
-            )
-            listener = WebSocketListener(settings, router=router, coordinator=coordinator)
-            tasks["websocket"] = asyncio.create_task(listener.run(stop), name="websocket")
-            for url in settings.sqs_queue_urls:
-                for n in range(settings.sqs_receivers_per_queue):
-                    poller = SqsPoller(
-                        settings,
-                        sqs=sqs,
-                        queue_url=url,
-                        router=router,
-                    )
-                    pollers.append(poller)
-                    name = f"sqs:{url}#{n}"
-                    tasks[name] = asyncio.create_task(poller.run(stop), name=name)
-
-        runner: WorkerRunner | None = None
+            intake = await _start_intake(settings, stack, router, coordinator, orgs, stop, tasks)
+        runner = None
         if worker:
-            pool = await create_arq_pool(settings)
-            stack.push_async_callback(pool.aclose)
-            salesforce = SalesforceClient.from_settings(settings)
-            stack.push_async_callback(salesforce.aclose)
-            runner = WorkerRunner(
-                settings,
-                pool=pool,
-                coordinator=coordinator,
-                store=store,
-                salesforce=salesforce,
-                telemetry=telemetry,
-            )
+            runner = await _start_worker(settings, stack, coordinator, store, telemetry)
             tasks["worker"] = asyncio.create_task(runner.run(stop), name="worker")
-
-        async def redis_ok() -> tuple[bool, str]:
-            await redis.ping()
-            return True, "ok"
-
-        async def database_ok() -> tuple[bool, str]:
-            await store.ping()
-            return True, "ok"
-
-        async def sources_ok() -> tuple[bool, str]:
-            if not sources:
-                return True, "no sources in this process"
-            state = listener.state if listener is not None else None
-            # The grace covers reconnects, not a start that never got through.
-            down_since = state.disconnected_since if state and state.subscribed_once else None
-            return sources_readiness(
-                ws_enabled=state is not None,
-                ws_connected=bool(state and state.connected),
-                ws_down_for=None if down_since is None else time.monotonic() - down_since,
-                ws_fatal=state.fatal if state is not None else None,
-                sqs_enabled=bool(pollers),
-                sqs_ok=any(
-                    p.state.consecutive_errors == 0 and p.state.last_poll_ok_at for p in pollers
-                ),
-                grace_s=settings.ready_ws_grace_s,
-            )
-
-        if listener is not None:
-            ws_state = listener.state
-            telemetry.metrics.gauges.websocket = lambda: int(ws_state.connected)
-        watcher = Watcher(
-            settings,
-            coordinator=coordinator,
-            telemetry=telemetry,
-            sqs=sqs,
-            queues={url: dlqs.get(url) for url in settings.sqs_queue_urls} if sources else {},
-            listener=listener,
-            sweep_one_path=sources and bool(settings.sqs_queue_urls),
-        )
-        tasks["gauges"] = asyncio.create_task(watcher.run(stop), name="gauges")
-
+        tasks["gauges"] = _start_watcher(settings, coordinator, telemetry, intake, stop, sources)
         health = HealthServer(
             host=settings.http_host,
             port=settings.http_port,
-            checks={"redis": redis_ok, "database": database_ok, "sources": sources_ok},
+            checks=_readiness_checks(settings, redis, store, intake, sources),
             metrics=telemetry.prometheus_text,
         )
         await health.start()
@@ -337,38 +243,202 @@ async def run_service(
             http_port=health.bound_port,
             telemetry=telemetry.exports,
         )
-
-        stopper = asyncio.create_task(stop.wait())
-        waiting: set[asyncio.Task[Any]] = {stopper, *tasks.values()}
-        exit_code = 0
-        while not stop.is_set():
-            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is stopper or task.cancelled():
-                    continue
-                failure = task.exception()
-                if failure is None:
-                    log.warning("component_ended", component=task.get_name())
-                else:
-                    log.error("component_failed", component=task.get_name(), error=repr(failure))
-                    exit_code = 1
-                    stop.set()
-        stopper.cancel()
-        started = time.monotonic()
-        intake = [t for name, t in tasks.items() if name not in ("worker", "gauges")]
-        if intake:
-            _, pending = await asyncio.wait(intake, timeout=settings.shutdown_grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*intake, return_exceptions=True)
-        if runner is not None:
-            remaining = max(0.0, settings.shutdown_grace - (time.monotonic() - started))
-            await runner.drain(remaining)
-            tasks["worker"].cancel()
-            await asyncio.gather(tasks["worker"], return_exceptions=True)
-        tasks["gauges"].cancel()
-        await asyncio.gather(tasks["gauges"], return_exceptions=True)
-        log.info(
-            "service_stopped", exit_code=exit_code, shutdown_s=round(time.monotonic() - started, 2)
-        )
+        exit_code = await _run_until_stopped(tasks, stop)
+        shutdown_s = await _shut_down(settings, tasks, runner)
+        log.info("service_stopped", exit_code=exit_code, shutdown_s=shutdown_s)
         return exit_code
+
+
+async def _open_backends(
+    settings: Settings, stack: AsyncExitStack, telemetry: Telemetry
+) -> tuple[aioredis.Redis, Store]:
+    """Redis and the database, reachable and with their schema, instrumented."""
+    redis = await _connect_redis(settings)
+    stack.push_async_callback(redis.aclose)
+    telemetry.instrument_redis(redis)
+    store = Store.open(settings.database_url)
+    stack.push_async_callback(store.close)
+    await _prepare_database(settings, store)
+    telemetry.instrument_engine(store.engine)
+    return redis, store
+
+
+async def _start_intake(
+    settings: Settings,
+    stack: AsyncExitStack,
+    router: Router,
+    coordinator: Coordinator,
+    orgs: OrgFilter,
+    stop: asyncio.Event,
+    tasks: dict[str, asyncio.Task[Any]],
+) -> _Intake:
+    """The WebSocket listener and the SQS pollers, started as tasks; rejected input
+    goes to the queues' dead-letter queues (or the fallback file)."""
+    allowed = await load_orgs_at_start(orgs)
+    if not allowed:
+        log.warning(
+            "org_filter_off",
+            hint="set AMT_ALLOWED_ORG_IDS or run `python -m amt_ingest orgs add ORG_ID` "
+            "to keep only your orgs",
+        )
+    intake = _Intake()
+    if settings.sqs_queue_urls:
+        intake.sqs = await stack.enter_async_context(aws.client(settings, "sqs"))
+        intake.dlqs = await _dead_letter_queues(settings, intake.sqs)
+    else:
+        log.warning("sqs_disabled", hint="set AMT_SQS_QUEUE_URLS to run the SQS safety net")
+    router.dead_letters = DeadLetters(
+        sqs=intake.sqs,
+        dlq_url=next(iter(intake.dlqs.values()), None),
+        dlq_by_source=intake.dlqs,
+        fallback_path=settings.dead_letter_file,
+    )
+    intake.listener = WebSocketListener(settings, router=router, coordinator=coordinator)
+    tasks["websocket"] = asyncio.create_task(intake.listener.run(stop), name="websocket")
+    for url in settings.sqs_queue_urls:
+        for n in range(settings.sqs_receivers_per_queue):
+            poller = SqsPoller(settings, sqs=intake.sqs, queue_url=url, router=router)
+            intake.pollers.append(poller)
+            name = f"sqs:{url}#{n}"
+            tasks[name] = asyncio.create_task(poller.run(stop), name=name)
+    return intake
+
+
+async def _dead_letter_queues(settings: Settings, sqs: Any) -> dict[str, str]:
+    """Each consumed queue's dead-letter queue (from its redrive policy), where one is."""
+    dlqs: dict[str, str] = {}
+    for url in settings.sqs_queue_urls:
+        try:
+            dlq = await aws.dead_letter_queue_url(sqs, url)
+        except AwsError as exc:
+            log.warning("dead_letter_queue_unknown", queue_url=url, error=str(exc))
+            continue
+        if dlq is None:
+            log.warning(
+                "dead_letter_queue_missing", queue_url=url, fallback=str(settings.dead_letter_file)
+            )
+        else:
+            dlqs[url] = dlq
+    return dlqs
+
+
+async def _start_worker(
+    settings: Settings,
+    stack: AsyncExitStack,
+    coordinator: Coordinator,
+    store: Store,
+    telemetry: Telemetry,
+) -> WorkerRunner:
+    pool = await create_arq_pool(settings)
+    stack.push_async_callback(pool.aclose)
+    salesforce = SalesforceClient.from_settings(settings)
+    stack.push_async_callback(salesforce.aclose)
+    return WorkerRunner(
+        settings,
+        pool=pool,
+        coordinator=coordinator,
+        store=store,
+        salesforce=salesforce,
+        telemetry=telemetry,
+    )
+
+
+def _start_watcher(
+    settings: Settings,
+    coordinator: Coordinator,
+    telemetry: Telemetry,
+    intake: _Intake,
+    stop: asyncio.Event,
+    sources: bool,
+) -> asyncio.Task[Any]:
+    listener = intake.listener
+    if listener is not None:
+        ws_state = listener.state
+        telemetry.metrics.gauges.websocket = lambda: int(ws_state.connected)
+    watcher = Watcher(
+        settings,
+        coordinator=coordinator,
+        telemetry=telemetry,
+        sqs=intake.sqs,
+        queues={url: intake.dlqs.get(url) for url in settings.sqs_queue_urls} if sources else {},
+        listener=listener,
+        sweep_one_path=sources and bool(settings.sqs_queue_urls),
+    )
+    return asyncio.create_task(watcher.run(stop), name="gauges")
+
+
+def _readiness_checks(
+    settings: Settings, redis: aioredis.Redis, store: Store, intake: _Intake, sources: bool
+) -> dict[str, Check]:
+    """``/readyz``'s checks: Redis and the database reachable, the sources running."""
+
+    async def redis_ok() -> tuple[bool, str]:
+        await redis.ping()
+        return True, "ok"
+
+    async def database_ok() -> tuple[bool, str]:
+        await store.ping()
+        return True, "ok"
+
+    async def sources_ok() -> tuple[bool, str]:
+        if not sources:
+            return True, "no sources in this process"
+        state = intake.listener.state if intake.listener is not None else None
+        # The grace covers reconnects, not a start that never got through.
+        down_since = state.disconnected_since if state and state.subscribed_once else None
+        return sources_readiness(
+            ws_enabled=state is not None,
+            ws_connected=bool(state and state.connected),
+            ws_down_for=None if down_since is None else time.monotonic() - down_since,
+            ws_fatal=state.fatal if state is not None else None,
+            sqs_enabled=bool(intake.pollers),
+            sqs_ok=any(
+                p.state.consecutive_errors == 0 and p.state.last_poll_ok_at for p in intake.pollers
+            ),
+            grace_s=settings.ready_ws_grace_s,
+        )
+
+    return {"redis": redis_ok, "database": database_ok, "sources": sources_ok}
+
+
+async def _run_until_stopped(tasks: dict[str, asyncio.Task[Any]], stop: asyncio.Event) -> int:
+    """Wait for ``stop``; a part that fails stops the process with exit code 1."""
+    stopper = asyncio.create_task(stop.wait())
+    waiting: set[asyncio.Task[Any]] = {stopper, *tasks.values()}
+    exit_code = 0
+    while not stop.is_set():
+        done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is stopper or task.cancelled():
+                continue
+            failure = task.exception()
+            if failure is None:
+                log.warning("component_ended", component=task.get_name())
+            else:
+                log.error("component_failed", component=task.get_name(), error=repr(failure))
+                exit_code = 1
+                stop.set()
+    stopper.cancel()
+    return exit_code
+
+
+async def _shut_down(
+    settings: Settings, tasks: dict[str, asyncio.Task[Any]], runner: WorkerRunner | None
+) -> float:
+    """Intake first, then the worker's running jobs within what is left of the
+    grace period, then the gauges; returns how long it took."""
+    started = time.monotonic()
+    intake = [t for name, t in tasks.items() if name not in ("worker", "gauges")]
+    if intake:
+        _, pending = await asyncio.wait(intake, timeout=settings.shutdown_grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*intake, return_exceptions=True)
+    if runner is not None:
+        remaining = max(0.0, settings.shutdown_grace - (time.monotonic() - started))
+        await runner.drain(remaining)
+        tasks["worker"].cancel()
+        await asyncio.gather(tasks["worker"], return_exceptions=True)
+    tasks["gauges"].cancel()
+    await asyncio.gather(tasks["gauges"], return_exceptions=True)
+    return round(time.monotonic() - started, 2)

@@ -23,7 +23,8 @@ from websockets.asyncio.client import connect
 from amt_ingest.config import Settings
 from amt_ingest.routing.events import EventsFrame, parse_ws_frame
 from amt_ingest.simulator.aws import SNS_TOPICS
-from amt_ingest.simulator.world import World, iso_ms
+from amt_ingest.simulator.truth import iso_ms
+from amt_ingest.simulator.world import World
 
 from .measure import rate_from_samples
 

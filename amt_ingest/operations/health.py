@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["HealthServer", "readiness"]
+__all__ = ["Check", "HealthServer", "readiness", "sources_readiness"]
 
 Check = Callable[[], Awaitable[tuple[bool, str]]]
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -19,6 +19,7 @@ from typing import Protocol
 import structlog
 
 from ..errors import StoreError
+from ..policy import org_prefix
 
 __all__ = ["OrgFilter", "OrgSource"]
 
@@ -26,9 +27,9 @@ log = structlog.get_logger("amt_ingest.orgs")
 
 
 class OrgSource(Protocol):
-    """Where the table's orgs come from (:class:`amt_ingest.store.Store`)."""
+    """Where the table's orgs come from (:class:`amt_ingest.store.AllowedOrgs`)."""
 
-    async def org_prefixes(self) -> frozenset[str]:
+    async def prefixes(self) -> frozenset[str]:
         """The 15-character prefixes of the allowed orgs; raises :class:`StoreError`."""
         ...
 
@@ -50,7 +51,7 @@ class OrgFilter:
         read_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.env = frozenset(org[:15] for org in env_orgs)
+        self.env = frozenset(org_prefix(org) for org in env_orgs)
         self.source = source
         self.ttl_s = ttl_s
         self.read_timeout_s = read_timeout_s
@@ -92,7 +93,7 @@ class OrgFilter:
             return self._effective
         try:
             async with asyncio.timeout(self.read_timeout_s):
-                table = await self.source.org_prefixes()
+                table = await self.source.prefixes()
         except TimeoutError as exc:
             raise StoreError(
                 f"reading the allowed orgs took longer than {self.read_timeout_s:g} s"

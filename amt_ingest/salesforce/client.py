@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
 
-import httpx
+import aiohttp
+import orjson
+from yarl import URL
 
 from ..config import Settings
 from ..errors import IngestError
@@ -157,7 +159,6 @@ class SalesforceClient:
         timeout: float = 10.0,
         attempts: int = 4,
         delays: Callable[[], Iterator[float]] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
         deleted_lookback_s: float = 15 * 24 * 3600.0,
         deleted_max_span_s: float = 30 * 24 * 3600.0,
         clock: Callable[[], float] = time.time,
@@ -169,7 +170,8 @@ class SalesforceClient:
         self.deleted_lookback_ms = int(deleted_lookback_s * 1000)
         self.deleted_max_span_ms = int(deleted_max_span_s * 1000)
         self._clock = clock
-        self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SalesforceClient:
@@ -182,15 +184,16 @@ class SalesforceClient:
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def get_record(self, topic: str, record_id: str) -> Snapshot | None:
         """The record's snapshot, or ``None`` if Salesforce says it does not exist (404)."""
         url = f"{self.base_url}/services/data/{API_VERSION}/sobjects/{topic}/{quote(record_id)}"
-        reply = await self._get(url, allow_404=True)
-        if reply is None:
+        body = await self._get(url, allow_404=True)
+        if body is None:
             return None
-        body = reply.json()
         try:
             modstamp = parse_modstamp(body["SystemModstamp"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -206,9 +209,7 @@ class SalesforceClient:
         query = f"SELECT Id FROM {topic} WHERE SystemModstamp >= {iso}"
         url: str | None = f"{self.base_url}/services/data/{API_VERSION}/query?q={quote(query)}"
         while url is not None:
-            reply = await self._get(url, allow_404=False)
-            assert reply is not None
-            body = reply.json()
+            body = await self._get(url, allow_404=False)
             for record in body.get("records", []):
                 yield str(record["Id"])
             next_url = body.get("nextRecordsUrl")
@@ -257,50 +258,58 @@ class SalesforceClient:
             f"{self.base_url}/services/data/{API_VERSION}/sobjects/{topic}/deleted/"
             f"?start={quote(_sf_datetime(start_ms))}&end={quote(_sf_datetime(end_ms, ceil=True))}"
         )
-        reply = await self._get(url, allow_404=False)
-        assert reply is not None
-        try:
-            body = reply.json()
-        except ValueError as exc:
-            raise SalesforceError(f"GET {url}: the answer is not JSON") from exc
+        body = await self._get(url, allow_404=False)
         if not isinstance(body, dict):
             raise SalesforceError(f"GET {url}: the answer is not an object")
         return body
 
-    async def _get(self, url: str, *, allow_404: bool) -> httpx.Response | None:
+    async def _get(self, url: str, *, allow_404: bool) -> Any:
+        """The JSON body of a GET, or None for a 404 when ``allow_404``. Transient
+        failures are retried with backoff, a 401 once with the token read again;
+        raises :class:`SalesforceError`."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
         delays = self.delays()
         refreshed = False
         last = ""
         for attempt in range(1, self.attempts + 1):
             try:
-                reply = await self._client.get(
-                    url, headers={"Authorization": f"Bearer {self._token()}"}
-                )
-            except httpx.HTTPError as exc:
+                async with self._session.get(
+                    URL(url, encoded=True), headers={"Authorization": f"Bearer {self._token()}"}
+                ) as reply:
+                    status, text = reply.status, await reply.text()
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
             else:
-                if reply.status_code == 200:
-                    return reply
-                if reply.status_code == 404 and allow_404:
+                if status == 200:
+                    return _json(url, text)
+                if status == 404 and allow_404:
                     return None
-                if reply.status_code == 401 and not refreshed:
+                if status == 401 and not refreshed:
                     refreshed = True  # the token provider re-reads a rotating secret
                     continue
-                last = f"HTTP {reply.status_code}: {reply.text[:200]}"
-                if reply.status_code != 429 and reply.status_code < 500:
+                last = f"HTTP {status}: {text[:200]}"
+                if status != 429 and status < 500:
                     raise SalesforceError(
-                        f"GET {url}: {last}", status=reply.status_code, code=_error_code(reply)
+                        f"GET {url}: {last}", status=status, code=_error_code(text)
                     )
             if attempt < self.attempts:
                 await asyncio.sleep(next(delays))
         raise SalesforceError(f"GET {url}: {last} (after {self.attempts} attempts)")
 
 
-def _error_code(reply: httpx.Response) -> str | None:
+def _json(url: str, text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise SalesforceError(f"GET {url}: the answer is not JSON") from exc
+
+
+def _error_code(text: str) -> str | None:
     """The first ``errorCode`` of a Salesforce error body (a list of errors), if any."""
     try:
-        body = reply.json()
-    except ValueError:
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError:
         return None
     if isinstance(body, list) and body and isinstance(body[0], dict):
         code = body[0].get("errorCode")

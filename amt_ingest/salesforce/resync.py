@@ -39,7 +39,7 @@ from arq import Retry
 from ..coordination import Coordinator
 from ..errors import CoordinationError, StoreError
 from ..routing.events import DELETED_FIELD, RECONCILE_FIELD, REREAD_FIELD
-from ..routing.positions import position_key
+from ..routing.positions import position_key, position_ms
 from ..store import Store
 from ..telemetry.metrics import Metrics
 from .client import SalesforceClient, SalesforceError, tombstone_position
@@ -115,7 +115,7 @@ async def run_resync(
     continue. Raises :class:`SalesforceError` or :class:`CoordinationError`.
     """
     started = time.monotonic()
-    since_ms = int(position[:15])
+    since_ms = position_ms(position)
     progress = await coordinator.resyncs.progress(resync_id)
     end_ms = int(progress.get("end_ms") or _now_ms())
     await coordinator.resyncs.update(

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from amt_ingest.simulator.world import FOREIGN_ORG_ID, MAIN_ORG_ID
+from amt_ingest.simulator.truth import FOREIGN_ORG_ID, MAIN_ORG_ID
 
 __all__ = ["SimulatorOptions", "add_arguments", "options_from_args"]
 
@@ -108,7 +108,19 @@ def _rate(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the simulator's flags on ``parser`` (see :func:`options_from_args`)."""
-    d = SimulatorOptions()
+    defaults = SimulatorOptions()
+    for group in (
+        _net_arguments,
+        _gen_arguments,
+        _faults_arguments,
+        _proto_arguments,
+        _out_arguments,
+        _aws_arguments,
+    ):
+        group(parser, defaults)
+
+
+def _net_arguments(parser: argparse.ArgumentParser, d: SimulatorOptions) -> None:
     net = parser.add_argument_group("endpoints")
     net.add_argument("--host", default=d.host, help="address to bind (default %(default)s)")
     net.add_argument("--port", type=int, default=d.port, help="WebSocket port (/stream)")
@@ -119,6 +131,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="read the token from this file on every request (rotating secrets); wins over --token",
     )
+
+
+def _gen_arguments(parser: argparse.ArgumentParser, d: SimulatorOptions) -> None:
     gen = parser.add_argument_group("generation")
     gen.add_argument("--rate", type=float, default=d.rate, help="events/s, 0 = flat out")
     gen.add_argument("--events", type=int, default=d.events, help="events to generate, 0 = forever")
@@ -158,6 +173,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="every event creates a new record (one CREATE per transaction) until the"
         " --records population is used up",
     )
+
+
+def _faults_arguments(parser: argparse.ArgumentParser, d: SimulatorOptions) -> None:
     faults = parser.add_argument_group("delivery faults (probabilities per event)")
     faults.add_argument("--dup-rate", type=_rate, default=d.dup_rate, help="sent twice on a path")
     faults.add_argument("--ooo-rate", type=_rate, default=d.ooo_rate, help="delayed on a path")
@@ -183,6 +201,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " GAP_OVERFLOW per topic instead of its events (resync: REST query from its"
         " commitTimestamp)",
     )
+
+
+def _proto_arguments(parser: argparse.ArgumentParser, d: SimulatorOptions) -> None:
     proto = parser.add_argument_group("protocol")
     proto.add_argument("--max-batch", type=int, default=d.max_batch, help="events per frame")
     proto.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval)
@@ -216,6 +237,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="purge deletes older than this from the delete log (earliestDateAvailable"
         " moves up); 0 keeps every delete",
     )
+
+
+def _out_arguments(parser: argparse.ArgumentParser, d: SimulatorOptions) -> None:
     out = parser.add_argument_group("outputs")
     out.add_argument("--truth", type=Path, help="write the ground truth (JSON lines) here")
     out.add_argument("--stats", type=Path, help="write generation/delivery stats (JSON) here")
@@ -225,6 +249,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="append one JSON line per main-org change here (its event id, what carried"
         " it: itself, its GAP_* form or a GAP_OVERFLOW; topic, change, records)",
     )
+
+
+def _aws_arguments(parser: argparse.ArgumentParser, d: SimulatorOptions) -> None:
     aws = parser.add_argument_group("AWS (endpoint and credentials from AWS_* variables)")
     aws.add_argument(
         "--sqs-queue-url",

@@ -29,16 +29,16 @@ from __future__ import annotations
 
 import hmac
 import re
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
 from aiohttp import web
 
 from amt_ingest.routing.events import TOPICS
-from amt_ingest.simulator.world import RecordState, iso_ms, parse_iso_ms
+from amt_ingest.simulator.truth import RecordState, iso_ms, parse_iso_ms
 
-__all__ = ["API_PREFIX", "TruthView", "make_app", "sf_datetime"]
+__all__ = ["API_PREFIX", "SalesforceApi", "TruthView", "sf_datetime"]
 
 API_PREFIX: Final = "/services/data/v61.0"
 _QUERY: Final = re.compile(
@@ -80,54 +80,64 @@ def sf_datetime(ms: int) -> str:
 DAY_MS: Final = 24 * 3600 * 1000
 
 
-def make_app(
-    truth: TruthView,
-    *,
-    token: Callable[[], str | None],
-    page_size: int = 200,
-    deleted_lookback_ms: int = 15 * DAY_MS,
-    deleted_max_span_ms: int = 30 * DAY_MS,
-) -> web.Application:
-    """The aiohttp application. ``token()`` gives the token to accept, per request."""
+class SalesforceApi:
+    """The handlers, over a truth. ``token()`` gives the token to accept, per request;
+    :attr:`requests` counts the requests each handler answered (401s included)."""
+
+    def __init__(
+        self,
+        truth: TruthView,
+        *,
+        token: Callable[[], str | None],
+        page_size: int = 200,
+        deleted_lookback_ms: int = 15 * DAY_MS,
+        deleted_max_span_ms: int = 30 * DAY_MS,
+    ) -> None:
+        self.truth = truth
+        self.token = token
+        self.page_size = page_size
+        self.deleted_lookback_ms = deleted_lookback_ms
+        self.deleted_max_span_ms = deleted_max_span_ms
+        self.requests: Counter[str] = Counter()
+        self._cursors: OrderedDict[str, list[str]] = OrderedDict()
+        self._locators = 0
 
     @web.middleware
     async def authorize(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        expected = token()
+        self.requests[getattr(handler, "__name__", "other")] += 1
+        expected = self.token()
         given = request.headers.get("Authorization", "")
         if not expected or not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
             return _errors(401, "INVALID_SESSION_ID", "Session expired or invalid")
         return await handler(request)
 
-    cursors: OrderedDict[str, list[str]] = OrderedDict()
-    counter = 0
-
-    def page(topic: str, ids: list[str], locator: str | None, offset: int) -> web.Response:
-        nonlocal counter
-        chunk = ids[offset : offset + page_size]
+    def _page(self, topic: str, ids: list[str], locator: str | None, offset: int) -> web.Response:
+        size = self.page_size
         body: dict[str, Any] = {
             "totalSize": len(ids),
-            "done": offset + page_size >= len(ids),
+            "done": offset + size >= len(ids),
             "records": [
-                {"attributes": {"type": topic, "url": _url(topic, rid)}, "Id": rid} for rid in chunk
+                {"attributes": {"type": topic, "url": _url(topic, rid)}, "Id": rid}
+                for rid in ids[offset : offset + size]
             ],
         }
         if not body["done"]:
             if locator is None:
-                counter += 1
-                locator = f"01g5g{counter:013d}"
-                cursors[locator] = [topic, *ids]
-                while len(cursors) > _MAX_CURSORS:
-                    cursors.popitem(last=False)
-            body["nextRecordsUrl"] = f"{API_PREFIX}/query/{locator}-{offset + page_size}"
+                self._locators += 1
+                locator = f"01g5g{self._locators:013d}"
+                self._cursors[locator] = [topic, *ids]
+                while len(self._cursors) > _MAX_CURSORS:
+                    self._cursors.popitem(last=False)
+            body["nextRecordsUrl"] = f"{API_PREFIX}/query/{locator}-{offset + size}"
         return web.json_response(body)
 
-    async def sobject(request: web.Request) -> web.Response:
+    async def record(self, request: web.Request) -> web.Response:
         topic, record_id = request.match_info["topic"], request.match_info["id"]
         if topic not in TOPICS:
             return _errors(404, "NOT_FOUND", "The requested resource does not exist")
-        state = truth.record(topic, record_id)
+        state = self.truth.record(topic, record_id)
         if state is None or state.deleted:
             return _errors(404, "NOT_FOUND", "The requested resource does not exist")
         body = {
@@ -138,9 +148,8 @@ def make_app(
         }
         return web.json_response(body)
 
-    async def query(request: web.Request) -> web.Response:
-        q = request.query.get("q", "")
-        match = _QUERY.match(q)
+    async def query(self, request: web.Request) -> web.Response:
+        match = _QUERY.match(request.query.get("q", ""))
         if match is None:
             return _errors(
                 400,
@@ -157,62 +166,63 @@ def make_app(
             if parsed is None:
                 return _errors(400, "MALFORMED_QUERY", f"invalid datetime {match['since']!r}")
             since_ms = parsed + 1 if match["op"] == ">" else parsed
-        ids = [state.id for state in truth.modified_since(topic, since_ms)]
-        return page(topic, ids, None, 0)
+        ids = [state.id for state in self.truth.modified_since(topic, since_ms)]
+        return self._page(topic, ids, None, 0)
 
-    def replication_error(message: str) -> web.Response:
-        return _errors(400, "INVALID_REPLICATION_DATE", message)
+    async def query_more(self, request: web.Request) -> web.Response:
+        locator, _, offset_text = request.match_info["cursor"].rpartition("-")
+        stored = self._cursors.get(locator)
+        if stored is None or not offset_text.isdigit():
+            return _errors(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
+        topic, *ids = stored
+        return self._page(topic, ids, locator, int(offset_text))
 
-    async def deleted(request: web.Request) -> web.Response:
+    async def deleted(self, request: web.Request) -> web.Response:
         topic = request.match_info["topic"]
         if topic not in TOPICS:
             return _errors(404, "NOT_FOUND", "The requested resource does not exist")
-        # A '+' of a UTC offset arrives as a space when the query was not encoded.
-        start_text = request.query.get("start", "").replace(" ", "+")
-        end_text = request.query.get("end", "").replace(" ", "+")
-        start, end = parse_iso_ms(start_text), parse_iso_ms(end_text)
-        if start is None or end is None:
-            return replication_error("start and end must be ISO-8601 dateTimes")
-        if end - start <= 60_000:
-            return replication_error("start must precede end by more than one minute")
-        if end - start > deleted_max_span_ms:
-            return replication_error(
-                f"the span may not exceed {deleted_max_span_ms // DAY_MS} days"
-                if deleted_max_span_ms >= DAY_MS
-                else f"the span may not exceed {deleted_max_span_ms} ms"
-            )
-        now = truth.now_ms
-        if start < now - deleted_lookback_ms:
-            return replication_error(
-                f"start may not be more than {deleted_lookback_ms // 1000} s before now"
-            )
+        now = self.truth.now_ms
+        window = self._window(request.query.get("start", ""), request.query.get("end", ""), now)
+        if isinstance(window, str):
+            return _errors(400, "INVALID_REPLICATION_DATE", window)
+        start, end = window
         covered = min(end, now)
-        found = truth.deleted_between(topic, start, covered)
-        purged = truth.earliest_delete_available_ms(topic)
+        found = self.truth.deleted_between(topic, start, covered)
+        purged = self.truth.earliest_delete_available_ms(topic)
+        earliest = purged if purged is not None else now - self.deleted_lookback_ms
         return web.json_response(
             {
                 "deletedRecords": [
                     {"id": record_id, "deletedDate": sf_datetime(ms)} for record_id, ms in found
                 ],
-                "earliestDateAvailable": sf_datetime(
-                    purged if purged is not None else now - deleted_lookback_ms
-                ),
+                "earliestDateAvailable": sf_datetime(earliest),
                 "latestDateCovered": sf_datetime(covered),
             }
         )
 
-    async def query_more(request: web.Request) -> web.Response:
-        locator, _, offset_text = request.match_info["cursor"].rpartition("-")
-        stored = cursors.get(locator)
-        if stored is None or not offset_text.isdigit():
-            return _errors(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
-        topic, *ids = stored
-        return page(topic, ids, locator, int(offset_text))
+    def _window(self, start_text: str, end_text: str, now: int) -> tuple[int, int] | str:
+        """The window ``(start, end)`` in ms, or why Salesforce would refuse it
+        (``INVALID_REPLICATION_DATE``)."""
+        # A '+' of a UTC offset arrives as a space when the query was not encoded.
+        start = parse_iso_ms(start_text.replace(" ", "+"))
+        end = parse_iso_ms(end_text.replace(" ", "+"))
+        if start is None or end is None:
+            return "start and end must be ISO-8601 dateTimes"
+        if end - start <= 60_000:
+            return "start must precede end by more than one minute"
+        span = self.deleted_max_span_ms
+        if end - start > span:
+            days = f"{span // DAY_MS} days" if span >= DAY_MS else f"{span} ms"
+            return f"the span may not exceed {days}"
+        if start < now - self.deleted_lookback_ms:
+            return f"start may not be more than {self.deleted_lookback_ms // 1000} s before now"
+        return start, end
 
-    app = web.Application(middlewares=[authorize])
-    app.router.add_get(API_PREFIX + "/sobjects/{topic}/deleted/", deleted)
-    app.router.add_get(API_PREFIX + "/sobjects/{topic}/deleted", deleted)
-    app.router.add_get(API_PREFIX + "/sobjects/{topic}/{id}", sobject)
-    app.router.add_get(API_PREFIX + "/query", query)
-    app.router.add_get(API_PREFIX + "/query/{cursor}", query_more)
-    return app
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.authorize])
+        app.router.add_get(API_PREFIX + "/sobjects/{topic}/deleted/", self.deleted)
+        app.router.add_get(API_PREFIX + "/sobjects/{topic}/deleted", self.deleted)
+        app.router.add_get(API_PREFIX + "/sobjects/{topic}/{id}", self.record)
+        app.router.add_get(API_PREFIX + "/query", self.query)
+        app.router.add_get(API_PREFIX + "/query/{cursor}", self.query_more)
+        return app

@@ -43,8 +43,10 @@ from websockets.http11 import Request, Response
 
 from amt_ingest.simulator import control
 from amt_ingest.simulator.aws import BackoffFactory, SnsPublisher, SqsSender, backoff
+from amt_ingest.simulator.delivery import DeliveryPlan, DeliveryRates
+from amt_ingest.simulator.frames import Deliveries, WsBadEvent, WsEvent, WsItem
 from amt_ingest.simulator.options import SimulatorOptions
-from amt_ingest.simulator.rest import make_app
+from amt_ingest.simulator.rest import SalesforceApi
 from amt_ingest.simulator.stream import (
     CLOSE_INVALID_REQUEST,
     CLOSE_REPLAY_ID_EXPIRED,
@@ -61,17 +63,8 @@ from amt_ingest.simulator.stream import (
     parse_client_frame,
     subscribed_frame,
 )
-from amt_ingest.simulator.world import (
-    Deliveries,
-    DeliveryPlan,
-    DeliveryRates,
-    World,
-    WsBadEvent,
-    WsEvent,
-    WsItem,
-    iso_ms,
-    truth_jsonl,
-)
+from amt_ingest.simulator.truth import iso_ms, truth_jsonl
+from amt_ingest.simulator.world import World
 
 __all__ = [
     "CloseConnection",
@@ -504,6 +497,13 @@ class Simulator:
         self.scripted = 0
         self.stream = LiveStream(StreamLog(options.retention))
         self.token = TokenSource(options.token, options.token_file)
+        self.salesforce = SalesforceApi(
+            self.world,
+            token=self.token,
+            page_size=options.page_size,
+            deleted_lookback_ms=int(options.deleted_lookback_s * 1000),
+            deleted_max_span_ms=int(options.deleted_max_span_s * 1000),
+        )
         self._ws = StreamServer(self.stream, options, token=self.token, faults=faults)
         self._backoff = backoff_factory
         self._sns: SnsPublisher | None = None
@@ -545,13 +545,7 @@ class Simulator:
             await self._ws.start()
             if opts.event_log is not None:
                 self._event_log = opts.event_log.open("ab")  # closed in stop()
-            app = make_app(
-                self.world,
-                token=self.token,
-                page_size=opts.page_size,
-                deleted_lookback_ms=int(opts.deleted_lookback_s * 1000),
-                deleted_max_span_ms=int(opts.deleted_max_span_s * 1000),
-            )
+            app = self.salesforce.app()
             control.add_routes(app, self)
             self._rest = web.AppRunner(app, access_log=None)
             await self._rest.setup()
@@ -722,6 +716,7 @@ class Simulator:
                 "records": len(truth),
                 "deleted": sum(1 for r in truth if r["deleted"]),
             },
+            "rest_requests": dict(sorted(self.salesforce.requests.items())),
             "sns_down": self.plan.sns_down,
             "scripted_events": self.scripted,
             # See DeliveryPlan.withheld_then_deleted: truth fields a re-read may not recover.

@@ -54,8 +54,19 @@ from ..routing.events import (
 from ..routing.handoff import Turn
 from ..routing.positions import lost_window_position
 from ..routing.router import Router
+from .passport import (
+    FROM_EARLIEST,
+    REFRESH_TOKEN,
+    REPORT,
+    RESUME,
+    Ended,
+    Next,
+    after,
+    close_action,
+    error_action,
+)
 
-__all__ = ["ListenerState", "WebSocketListener", "close_action"]
+__all__ = ["ListenerState", "WebSocketListener"]
 
 log = structlog.get_logger("amt_ingest.sources.websocket")
 
@@ -66,29 +77,6 @@ CURSOR: Final = "ws"
 #: credits follow it, each hand-off's only once it and every one before it are
 #: in Redis.
 HAND_OFF_DEPTH: Final = 3
-
-# What to do after the server closed the connection, by close code (PROTOCOL.md section 2).
-RESUME, REFRESH_TOKEN, FROM_EARLIEST, REPORT = "resume", "refresh_token", "from_earliest", "report"
-
-
-def close_action(code: int | None) -> str:
-    """The reconnect decision for a close code; pure, for tests."""
-    if code == 4001:
-        return REFRESH_TOKEN
-    if code == 4410:
-        return FROM_EARLIEST
-    if code in (4400, 1008):
-        return REPORT
-    return RESUME
-
-
-_ERROR_ACTIONS: Final = {
-    "token_expired": REFRESH_TOKEN,
-    "unauthorized": REFRESH_TOKEN,
-    "replay_id_expired": FROM_EARLIEST,
-    "invalid_request": REPORT,
-    "unknown_topic": REPORT,
-}
 
 
 @dataclass
@@ -143,102 +131,112 @@ class WebSocketListener:
         """Listen until ``stop`` is set. Returns early only on an unrecoverable auth error
         or an event bigger than the frame limit (``state.fatal`` says which)."""
         delays = self.delays()
-        last_token: str | None = None
+        tried: str | None = None  # a refused token, tried once more after a re-read
         while not stop.is_set():
-            try:
-                token = self.settings.read_token()
-            except ConfigError as exc:
-                if self.settings.passport_token_file is None:
-                    self._fatal(str(exc))
+            token = await self._token(stop)
+            if token is None:
+                if self.state.fatal is not None:
                     return
-                # A rotating secret may be missing or empty for a moment: wait for it.
-                log.error(
-                    "ws_token_unreadable",
-                    error=str(exc),
-                    hint="waiting for AMT_PASSPORT_TOKEN_FILE to hold a token",
-                )
-                await self._wait_for_new_token("", stop)
                 continue
             started = time.monotonic()
-            action, reason = RESUME, ""
-            try:
-                await self._connect_and_listen(token, stop)
-                if stop.is_set():
-                    return
-                reason = "connection ended"
-            except InvalidStatus as exc:
-                status = exc.response.status_code
-                if status in (401, 403):
-                    if self.settings.passport_token_file is None or token == last_token:
-                        if self.settings.passport_token_file is None:
-                            self._fatal(
-                                f"Passport refused the token (HTTP {status}); "
-                                "set a valid AMT_PASSPORT_TOKEN and restart"
-                            )
-                            return
-                        log.error(
-                            "ws_auth_failed",
-                            status=status,
-                            hint="waiting for a new token in AMT_PASSPORT_TOKEN_FILE",
-                        )
-                        await self._wait_for_new_token(token, stop)
-                        last_token = None
-                        continue
-                    last_token = token
-                    action, reason = REFRESH_TOKEN, f"HTTP {status}"
-                else:
-                    reason = f"HTTP {status}"
-            except _Reconnect as exc:
-                action, reason = exc.action, str(exc)
-            except ConnectionClosed as exc:
-                code = exc.rcvd.code if exc.rcvd else None
-                action = close_action(code)
-                reason = f"closed {code}: {exc.rcvd.reason if exc.rcvd else ''}"
-                if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
-                    # Passport would send the same frame again after the same cursor:
-                    # ask for fewer events per frame, and stop if even one is too big.
-                    limit = self.settings.ws_max_frame_bytes
-                    if self._credits == 1:
-                        self._fatal(
-                            f"a single Passport event exceeds AMT_WS_MAX_FRAME_BYTES ({limit} "
-                            "bytes); it stays unacknowledged after the saved cursor: raise "
-                            "the limit and restart"
-                        )
-                        return
-                    self._credits = max(1, self._credits // 2)
-                    reason = f"a frame exceeded {limit} bytes; now {self._credits} credits"
-            except (OSError, TimeoutError, InvalidHandshake, CoordinationError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-            finally:
-                self._disconnected()
+            ended = await self._attempt(token, stop)
             if stop.is_set():
                 return
+            step = after(
+                ended,
+                token=token,
+                tried_token=tried,
+                token_file=self.settings.passport_token_file is not None,
+                credits=self._credits,
+                frame_limit=self.settings.ws_max_frame_bytes,
+            )
+            if step.step == "stop":
+                self._fatal(step.fatal or ended.reason)
+                return
+            if step.step == "wait_for_token":
+                log.error(
+                    "ws_auth_failed",
+                    status=ended.http_status,
+                    hint="waiting for a new token in AMT_PASSPORT_TOKEN_FILE",
+                )
+                await self._wait_for_new_token(token, stop)
+                tried = None
+                continue
+            tried, self._credits = step.tried_token, step.credits
             if time.monotonic() - started >= self.stable_after:
                 delays = self.delays()
-            if action == FROM_EARLIEST:
-                self._from_earliest = True
-                log.warning(
-                    "ws_resume_point_expired",
-                    reason=reason,
-                    hint="resubscribing from earliest and resyncing every type",
-                )
-                await self._resync_expired_window()
-            if action == REFRESH_TOKEN:
-                log.info("ws_token_refresh", reason=reason)
-            if action == REFRESH_TOKEN and self._token_changed(token):
-                delay = 0.0
-            else:
-                # Also when the token did not change: the same token at once, again
-                # and again, is the retry storm PROTOCOL.md section 2 forbids.
-                delay = next(delays)
-                if action == REPORT:
-                    log.error("ws_protocol_error", reason=reason)
-                    delay = self.settings.ws_backoff_max
-            self.state.reconnects += 1
-            self.router.telemetry.metrics.ws_reconnects.add(1, {"action": action})
-            log.warning("ws_reconnecting", reason=reason, action=action, delay_s=round(delay, 2))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+            await self._before_reconnect(step, token, delays, stop)
+
+    async def _token(self, stop: asyncio.Event) -> str | None:
+        """The token to connect with; None when there is none (``state.fatal`` is set
+        for a fixed token; a token file is waited for: a rotating secret may be
+        missing or empty for a moment)."""
+        try:
+            return self.settings.read_token()
+        except ConfigError as exc:
+            if self.settings.passport_token_file is None:
+                self._fatal(str(exc))
+                return None
+            log.error(
+                "ws_token_unreadable",
+                error=str(exc),
+                hint="waiting for AMT_PASSPORT_TOKEN_FILE to hold a token",
+            )
+            await self._wait_for_new_token("", stop)
+            return None
+
+    async def _attempt(self, token: str, stop: asyncio.Event) -> Ended:
+        """One connection, subscribed and read until it ends; how it ended."""
+        try:
+            await self._connect_and_listen(token, stop)
+            return Ended("connection ended")
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            return Ended(f"HTTP {status}", http_status=status)
+        except _Reconnect as exc:
+            return Ended(str(exc), action=exc.action)
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else None
+            return Ended(
+                f"closed {code}: {exc.rcvd.reason if exc.rcvd else ''}",
+                action=close_action(code),
+                # Passport would send the same frame again after the same cursor.
+                frame_too_big=exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG,
+            )
+        except (OSError, TimeoutError, InvalidHandshake, CoordinationError) as exc:
+            return Ended(f"{type(exc).__name__}: {exc}")
+        finally:
+            self._disconnected()
+
+    async def _before_reconnect(
+        self, step: Next, token: str, delays: Iterator[float], stop: asyncio.Event
+    ) -> None:
+        """Resync a lost window, log, and wait out the backoff (none for a fresh token)."""
+        action, reason = step.action, step.reason
+        if action == FROM_EARLIEST:
+            self._from_earliest = True
+            log.warning(
+                "ws_resume_point_expired",
+                reason=reason,
+                hint="resubscribing from earliest and resyncing every type",
+            )
+            await self._resync_expired_window()
+        if action == REFRESH_TOKEN:
+            log.info("ws_token_refresh", reason=reason)
+        if action == REFRESH_TOKEN and self._token_changed(token):
+            delay = 0.0
+        else:
+            # Also when the token did not change: the same token at once, again
+            # and again, is the retry storm PROTOCOL.md section 2 forbids.
+            delay = next(delays)
+            if action == REPORT:
+                log.error("ws_protocol_error", reason=reason)
+                delay = self.settings.ws_backoff_max
+        self.state.reconnects += 1
+        self.router.telemetry.metrics.ws_reconnects.add(1, {"action": action})
+        log.warning("ws_reconnecting", reason=reason, action=action, delay_s=round(delay, 2))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
 
     async def _resync_expired_window(self) -> None:
         """Events between the last hand-off and what Passport still holds may never
@@ -379,7 +377,7 @@ class WebSocketListener:
             elif isinstance(frame, HeartbeatFrame):
                 pass
             elif isinstance(frame, ErrorFrame):
-                action = _ERROR_ACTIONS.get(frame.code, RESUME)
+                action = error_action(frame.code)
                 log.warning("ws_error_frame", code=frame.code, message=frame.message)
                 raise _Reconnect(action, f"server error {frame.code}: {frame.message}")
 

@@ -14,9 +14,15 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from amt_ingest.coordination import JOB_FUNCTION, QUEUE_NAME, Coordinator, record_key
+from amt_ingest.coordination import (
+    JOB_FUNCTION,
+    QUEUE_NAME,
+    Coordinator,
+    job_deserializer,
+    record_key,
+)
 from amt_ingest.coordination.handoff import INGEST_CHUNK
-from amt_ingest.jobs import apply_record, apply_records, job_deserializer
+from amt_ingest.jobs import apply_record, apply_records
 from amt_ingest.routing.events import Event, parse_event
 from tests.conftest import SAMPLES
 

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from typing import Any
 
-import httpx
 import pytest
 import redis.asyncio as aioredis
 from opentelemetry.sdk.metrics import MeterProvider
@@ -27,7 +26,7 @@ from amt_ingest.routing.positions import position_key
 from amt_ingest.salesforce.client import SalesforceClient
 from amt_ingest.salesforce.resync import position_at, run_full_resync, run_resync
 from amt_ingest.simulator import Simulator, SimulatorOptions
-from amt_ingest.simulator.world import iso_ms
+from amt_ingest.simulator.truth import iso_ms
 from amt_ingest.telemetry.metrics import Metrics
 from tests.integration.test_coordination import queued_jobs
 from tests.integration.test_reread import run_queue
@@ -35,19 +34,6 @@ from tests.integration.test_reread import run_queue
 TOKEN = "sf-token"
 ORG = "00D5g000004ZzABEA0"
 TOPICS = ("Opportunity", "External_Attachment__c", "Application_Item__c")
-
-
-class CountingTransport(httpx.AsyncHTTPTransport):
-    """httpx's own transport, counting the requests to the deleted-records resource."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.deleted_calls = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if "/deleted/" in request.url.path:
-            self.deleted_calls += 1
-        return await super().handle_async_request(request)
 
 
 async def simulator(**options: Any) -> Simulator:
@@ -100,10 +86,8 @@ def every_delete(sim: Simulator, topic: str) -> dict[str, int]:
 
 
 async def test_a_long_window_is_read_in_calls_of_the_longest_span(seeded: Simulator):
-    transport = CountingTransport()
     client = client_for(
         seeded,
-        transport=transport,
         deleted_max_span_s=120,
         deleted_lookback_s=7200,
         clock=lambda: seeded.world.now_ms / 1000,
@@ -117,7 +101,7 @@ async def test_a_long_window_is_read_in_calls_of_the_longest_span(seeded: Simula
             assert got.records == every_delete(seeded, topic)
     finally:
         await client.aclose()
-    per_topic = transport.deleted_calls / len(TOPICS)
+    per_topic = seeded.salesforce.requests["deleted"] / len(TOPICS)
     assert per_topic >= (end - start) / 120_000
 
 

@@ -64,11 +64,11 @@ async def test_upgrade_is_idempotent_and_keeps_the_data(empty_db):
     url = url_of(empty_db)
     await empty_db.ensure_schema()
     await empty_db.apply("Opportunity", "006A", ORG, {"Name": (position_key(1, 1, 1), "kept")})
-    await empty_db.add_org(ORG, note="n")
+    await empty_db.orgs.add(ORG, note="n")
     assert await migrations.upgrade(url) == migrations.head()
     assert await empty_db.ensure_schema() == migrations.head()
     assert [r["fields"] async for r in empty_db.export()] == [{"Name": "kept"}]
-    assert [o.org_id for o in await empty_db.allowed_orgs()] == [ORG]
+    assert [o.org_id for o in await empty_db.orgs.list()] == [ORG]
     assert await schema_diffs(empty_db) == []
 
 

@@ -58,23 +58,23 @@ async def amt(*args: str, database_url: str) -> str:
 
 
 async def test_store_keeps_one_row_per_org_whatever_the_id_form(store):
-    org, added = await store.add_org(ORG, note="admissions")
+    org, added = await store.orgs.add(ORG, note="admissions")
     assert added and org.org_id == ORG and org.note == "admissions"
-    again, added = await store.add_org(ORG[:15])
+    again, added = await store.orgs.add(ORG[:15])
     assert not added and again.org_id == ORG and again.note == "admissions"
     assert again.added_at == org.added_at
-    assert await store.org_prefixes() == {ORG[:15]}
-    assert await store.remove_org(OTHER) is None
-    removed = await store.remove_org(ORG[:15])
+    assert await store.orgs.prefixes() == {ORG[:15]}
+    assert await store.orgs.remove(OTHER) is None
+    removed = await store.orgs.remove(ORG[:15])
     assert removed is not None and removed.org_id == ORG
-    assert await store.allowed_orgs() == []
+    assert await store.orgs.list() == []
 
 
 async def test_the_table_is_re_read_after_the_ttl(store):
     clock = Clock()
-    orgs = OrgFilter(source=store, ttl_s=TTL, clock=clock)
+    orgs = OrgFilter(source=store.orgs, ttl_s=TTL, clock=clock)
     assert await orgs.allowed() == frozenset()
-    await store.add_org(ORG)
+    await store.orgs.add(ORG)
     clock.now += TTL - 1
     assert await orgs.allowed() == frozenset(), "read again before the TTL"
     clock.now += 1
@@ -82,16 +82,16 @@ async def test_the_table_is_re_read_after_the_ttl(store):
         assert await orgs.allowed() == {ORG[:15]}
     assert [e["event"] for e in logs] == ["org_list_changed"]
     assert logs[0]["added"] == [ORG[:15]]
-    await store.remove_org(ORG)
+    await store.orgs.remove(ORG)
     clock.now += TTL
     assert await orgs.allowed() == frozenset()
 
 
 async def test_environment_and_table_together(store):
     clock = Clock()
-    orgs = OrgFilter([OTHER], source=store, ttl_s=TTL, clock=clock)
+    orgs = OrgFilter([OTHER], source=store.orgs, ttl_s=TTL, clock=clock)
     assert await orgs.load() == {OTHER[:15]}
-    await store.add_org(ORG[:15])
+    await store.orgs.add(ORG[:15])
     clock.now += TTL
     assert await orgs.allowed() == {OTHER[:15], ORG[:15]}
     # Without a table the environment's list is all there is, and nothing is read.
@@ -102,8 +102,8 @@ async def test_environment_and_table_together(store):
 
 async def test_a_failed_read_keeps_the_last_list(store):
     clock = Clock()
-    orgs = OrgFilter(source=store, ttl_s=TTL, clock=clock)
-    await store.add_org(ORG)
+    orgs = OrgFilter(source=store.orgs, ttl_s=TTL, clock=clock)
+    await store.orgs.add(ORG)
     assert await orgs.load() == {ORG[:15]}
     await drop_allowed_org(store)  # every read fails from now on
     clock.now += TTL
@@ -128,13 +128,13 @@ async def test_a_starting_service_waits_out_a_short_read_failure(store):
     from amt_ingest.store import ALLOWED_ORG
 
     await drop_allowed_org(store)  # reads fail until the table is back
-    orgs = OrgFilter(source=store, ttl_s=TTL, clock=Clock())
+    orgs = OrgFilter(source=store.orgs, ttl_s=TTL, clock=Clock())
 
     async def back_soon() -> None:
         await asyncio.sleep(0.6)
         async with store.engine.begin() as conn:
             await conn.run_sync(ALLOWED_ORG.create)
-        await store.add_org(ORG)
+        await store.orgs.add(ORG)
 
     restoring = asyncio.create_task(back_soon())
     with capture_logs() as logs:
@@ -147,14 +147,14 @@ async def test_a_starting_service_stops_when_the_table_stays_unreadable(store):
     from amt_ingest.service import load_orgs_at_start
 
     await drop_allowed_org(store)
-    orgs = OrgFilter(source=store, ttl_s=TTL, clock=Clock())
+    orgs = OrgFilter(source=store.orgs, ttl_s=TTL, clock=Clock())
     with pytest.raises(StoreError, match=r"^AMT_DATABASE_URL: reading the allowed orgs"):
         await load_orgs_at_start(orgs, patience_s=1)
 
 
 async def test_a_table_never_read_is_not_guessed(store):
     await drop_allowed_org(store)
-    orgs = OrgFilter([ORG], source=store, ttl_s=TTL, clock=Clock())
+    orgs = OrgFilter([ORG], source=store.orgs, ttl_s=TTL, clock=Clock())
     with pytest.raises(StoreError, match="allowed orgs"):
         await orgs.allowed()
 
@@ -164,7 +164,7 @@ async def test_an_org_added_by_the_command_reaches_the_router_after_the_ttl(stor
     try:
         coord = Coordinator(client, dedup_ttl=3600)
         clock = Clock()
-        orgs = OrgFilter([ORG], source=store, ttl_s=TTL, clock=clock)
+        orgs = OrgFilter([ORG], source=store.orgs, ttl_s=TTL, clock=clock)
         await orgs.load()
         router = Router(coord.handoff, orgs=orgs)
 
@@ -192,7 +192,7 @@ async def test_an_org_added_by_the_command_reaches_the_router_after_the_ttl(stor
 async def test_an_empty_allow_list_keeps_every_org(store, redis_url):
     client = aioredis.Redis.from_url(redis_url)
     try:
-        orgs = OrgFilter(source=store, ttl_s=TTL, clock=Clock())
+        orgs = OrgFilter(source=store.orgs, ttl_s=TTL, clock=Clock())
         router = Router(Coordinator(client, dedup_ttl=3600).handoff, orgs=orgs)
         event = make_event(100, {"Name": "x"}, org=OTHER)
         assert (await router.route([event], path="ws")).outcomes == {"first": 1}

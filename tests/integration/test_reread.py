@@ -13,7 +13,7 @@ from amt_ingest.jobs import apply_record
 from amt_ingest.routing.events import Event, parse_event
 from amt_ingest.salesforce.client import SalesforceClient, SalesforceError, parse_modstamp
 from amt_ingest.simulator import Simulator, SimulatorOptions
-from amt_ingest.simulator.world import iso_ms
+from amt_ingest.simulator.truth import iso_ms
 from tests.conftest import SAMPLES
 from tests.integration.test_coordination import make_event, queued_jobs
 

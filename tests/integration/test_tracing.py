@@ -26,8 +26,8 @@ from opentelemetry.trace import SpanKind
 
 from amt_ingest import aws
 from amt_ingest.config import Settings
-from amt_ingest.coordination import QUEUE_NAME, Coordinator
-from amt_ingest.jobs import apply_records, job_deserializer
+from amt_ingest.coordination import QUEUE_NAME, Coordinator, job_deserializer
+from amt_ingest.jobs import apply_records
 from amt_ingest.operations.deadletters.sink import DeadLetters
 from amt_ingest.routing.events import parse_event
 from amt_ingest.routing.router import Router

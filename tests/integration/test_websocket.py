@@ -37,9 +37,9 @@ from amt_ingest.routing.events import REASONS, TOPICS
 from amt_ingest.routing.router import Router
 from amt_ingest.simulator import Simulator, SimulatorOptions
 from amt_ingest.simulator import server as sim_server
+from amt_ingest.simulator.frames import WsEvent
 from amt_ingest.simulator.server import CloseConnection, Fault, GoSilent, TokenSource
 from amt_ingest.simulator.stream import decode_replay_id, encode_replay_id
-from amt_ingest.simulator.world import WsEvent
 from amt_ingest.sources.websocket import WebSocketListener
 from tests.conftest import SAMPLES
 from tests.integration.test_coordination import run_queued_jobs

@@ -11,7 +11,7 @@ from sim_helpers import TOKEN, SimFactory, collect_events, subscribe, ws_connect
 
 from amt_ingest.simulator import Simulator
 from amt_ingest.simulator.rest import sf_datetime
-from amt_ingest.simulator.world import DeleteLog, iso_ms, parse_iso_ms
+from amt_ingest.simulator.truth import DeleteLog, iso_ms, parse_iso_ms
 
 API = "/services/data/v61.0"
 MINUTE = 60_000
@@ -221,7 +221,8 @@ async def test_an_sns_outage_sends_everything_to_the_websocket_alone(
 
 
 def test_while_sns_is_down_every_event_goes_to_the_websocket_alone() -> None:
-    from amt_ingest.simulator.world import DeliveryPlan, DeliveryRates, World
+    from amt_ingest.simulator.delivery import DeliveryPlan, DeliveryRates
+    from amt_ingest.simulator.world import World
 
     world = World(4, 30)
     plan = DeliveryPlan(4, DeliveryRates(sqs_only_rate=0.5, ws_only_rate=0.2))

@@ -24,6 +24,8 @@ from websockets.exceptions import ConnectionClosed
 
 from amt_ingest.routing.events import ChangeType, Event, parse_event, record_changes
 from amt_ingest.simulator import Simulator
+from amt_ingest.simulator.delivery import OVERFLOW_SEQUENCE, DeliveryPlan, DeliveryRates
+from amt_ingest.simulator.frames import WsEvent
 from amt_ingest.simulator.stream import (
     Expired,
     ProtocolError,
@@ -32,15 +34,8 @@ from amt_ingest.simulator.stream import (
     decode_replay_id,
     encode_replay_id,
 )
-from amt_ingest.simulator.world import (
-    MAIN_ORG_ID,
-    OVERFLOW_SEQUENCE,
-    DeliveryPlan,
-    DeliveryRates,
-    World,
-    WsEvent,
-    iso_ms,
-)
+from amt_ingest.simulator.truth import MAIN_ORG_ID, iso_ms
+from amt_ingest.simulator.world import World
 
 API = "/services/data/v61.0"
 

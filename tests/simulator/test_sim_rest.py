@@ -10,7 +10,7 @@ import pytest
 from sim_helpers import TOKEN, SimFactory
 
 from amt_ingest.simulator import Simulator
-from amt_ingest.simulator.world import START_MS, iso_ms
+from amt_ingest.simulator.truth import START_MS, iso_ms
 
 API = "/services/data/v61.0"
 

@@ -20,21 +20,17 @@ from amt_ingest.routing.events import (
     parse_ws_frame,
     record_changes,
 )
-from amt_ingest.simulator.world import (
+from amt_ingest.simulator.delivery import DeliveryPlan, DeliveryRates, Reorderer
+from amt_ingest.simulator.frames import WsBadEvent, WsEvent, WsRawFrame
+from amt_ingest.simulator.truth import (
     FOREIGN_ORG_ID,
     MAIN_ORG_ID,
     START_MS,
-    DeliveryPlan,
-    DeliveryRates,
-    Reorderer,
-    World,
-    WsBadEvent,
-    WsEvent,
-    WsRawFrame,
     iso_ms,
     parse_iso_ms,
     truth_jsonl,
 )
+from amt_ingest.simulator.world import World
 
 ID_PATTERN = {
     "Opportunity": re.compile(r"^006[A-Za-z0-9]{15}$"),

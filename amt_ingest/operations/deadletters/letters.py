@@ -14,6 +14,7 @@ from typing import Any, Final, Literal
 import orjson
 
 from ...coordination.keys import DEAD_RECORDS
+from ...policy import org_prefix
 from ...routing.events import Event, Rejected, parse_sqs_message
 
 __all__ = [
@@ -145,7 +146,9 @@ class Filters:
             return False
         if self.topic is not None and letter.topic != self.topic:
             return False
-        if self.org is not None and (letter.org_id is None or letter.org_id[:15] != self.org[:15]):
+        if self.org is not None and (
+            letter.org_id is None or org_prefix(letter.org_id) != org_prefix(self.org)
+        ):
             return False
         if self.reason is not None and letter.reason != self.reason:
             return False

@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import Script
 from sqlalchemy import Connection
 
-from amt_ingest.store import metadata
+from amt_ingest.store.tables import metadata
 
 log = structlog.get_logger("amt_ingest.migrations")
 
