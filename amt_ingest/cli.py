@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import __version__, early_signals
-from .config import ConfigError, Settings, load_settings
-from .errors import IngestError
+from .config import Settings, load_settings
+from .errors import ConfigError, IngestError
 from .routing.events import TOPICS
 from .telemetry import configure_logging
 

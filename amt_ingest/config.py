@@ -20,13 +20,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .errors import ConfigError
 from .policy import check_org_id
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
-
-
-class ConfigError(Exception):
-    """The environment holds an invalid or missing value; the message names the variable."""
+__all__ = ["Settings", "env_name", "load_settings"]
 
 
 def _split_csv(value: object) -> object:

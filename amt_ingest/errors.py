@@ -3,34 +3,39 @@
 ::
 
     IngestError
+    ├── ConfigError           the environment holds an invalid or missing value (exit code 2)
     ├── CoordinationError     Redis refused or lost a command: nothing may be acknowledged
     ├── StoreError            the database failed a write or read: the job retries
     ├── FencedError           a newer run of the record's job has written: this run stops
-    ├── SourceError           a source cannot go on
-    │   ├── AuthError         Passport refused the token and no fresh one can be had
-    │   └── ProtocolError     the peer broke Passport Stream Protocol v1 (do not retry blindly)
+    ├── SalesforceError       a re-read failed after its retries: the job retries
     └── AwsError              an SNS/SQS call failed after its retries
 
-Configuration problems are :class:`amt_ingest.config.ConfigError`, raised before
-anything starts. Duplicates, stale and filtered events are results, not exceptions.
+Where each is raised: ConfigError by :mod:`amt_ingest.config`, CoordinationError by
+:mod:`amt_ingest.coordination` (its only error), StoreError and FencedError by
+:mod:`amt_ingest.store`, SalesforceError by :mod:`amt_ingest.salesforce`, AwsError by
+:mod:`amt_ingest.aws`. The CLI maps them to exit codes once (2 for ConfigError, 1 for
+the others). Duplicates, stale, filtered and rejected input are results, not exceptions.
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "AuthError",
     "AwsError",
+    "ConfigError",
     "CoordinationError",
     "FencedError",
     "IngestError",
-    "ProtocolError",
-    "SourceError",
+    "SalesforceError",
     "StoreError",
 ]
 
 
 class IngestError(Exception):
     """Base of every error the service raises on purpose."""
+
+
+class ConfigError(IngestError):
+    """The environment holds an invalid or missing value; the message names the variable."""
 
 
 class CoordinationError(IngestError):
@@ -45,16 +50,14 @@ class FencedError(IngestError):
     """The store refused a write from a run that lost its record to a newer run."""
 
 
-class SourceError(IngestError):
-    """A source (WebSocket or SQS) cannot go on."""
+class SalesforceError(IngestError):
+    """A re-read failed after its retries. ``status`` and ``code`` (the first
+    ``errorCode`` of the body) are set when Salesforce answered."""
 
-
-class AuthError(SourceError):
-    """The token was refused and no fresh one can be had."""
-
-
-class ProtocolError(SourceError):
-    """The peer broke the protocol; retrying the same request would fail the same way."""
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
 
 
 class AwsError(IngestError):

@@ -40,7 +40,7 @@ from ..salesforce import SalesforceError
 from ..store import ApplyItem, ApplyResult
 from ..telemetry import Telemetry
 from ..telemetry.tracing import ROOT, links_from, span_ids
-from .reread import reread_changes
+from .reread import needs_reread, reread_changes
 
 __all__ = ["apply_record", "apply_records", "run_job"]
 
@@ -249,8 +249,12 @@ async def _prepare(
     for run in runs:
         record = run.record
         try:
-            changes = await reread_changes(
-                ctx["salesforce"], record.topic, record.record_id, record.changes, bound
+            changes = (
+                await reread_changes(
+                    ctx["salesforce"], record.topic, record.record_id, record.changes, bound
+                )
+                if needs_reread(record.changes)
+                else record.changes
             )
         except SalesforceError as exc:
             run.error = str(exc)

@@ -15,7 +15,12 @@ from ..routing.events import DELETED_FIELD, RECONCILE_FIELD, REREAD_FIELD
 from ..routing.merge import combine
 from ..salesforce import SalesforceClient, SalesforceError, snapshot_changes, snapshot_position
 
-__all__ = ["reread_changes"]
+__all__ = ["needs_reread", "reread_changes"]
+
+
+def needs_reread(pending: dict[str, tuple[str, Any]]) -> bool:
+    """Whether a re-read or reconcile marker is among the pending changes."""
+    return REREAD_FIELD in pending or RECONCILE_FIELD in pending
 
 
 async def reread_changes(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -228,18 +228,18 @@ class Router:
         bodies: Sequence[str] | None = None,
         details: Sequence[Mapping[str, object]] | None = None,
     ) -> Counter[str]:
-        """Input a source could not parse: each one logged (``<path>_<what>_rejected``,
-        its reason and detail, and the item's ``details``), dead-lettered with its
+        """Input a source could not parse: each one logged (``ws_frame_rejected``,
+        ``ws_event_rejected`` or ``sqs_message_rejected`` as ``what`` says, with its
+        reason and detail and the item's ``details``), dead-lettered with its
         reason (``bodies``: the raw input to keep, when the source has it), traced
         and measured.
 
         Returns the counters to add: pass them to the next :meth:`route` (or
         ``route([], counts=...)``), so they are counted with the batch.
         """
-        event = f"{path}_{what}_rejected"
+        line = _REJECTED_LINES[what]
         for i, bad in enumerate(rejected):
-            log.warning(
-                event,
+            line(
                 reason=bad.reason,
                 detail=bad.detail,
                 **({"event_id": bad.event_id} if bad.event_id else {}),
@@ -303,6 +303,14 @@ class Router:
             )
         finally:
             next_trace_id.reset(token)
+
+
+#: The log line of each kind of rejected input (the event names operators search for).
+_REJECTED_LINES: dict[str, Callable[..., object]] = {
+    "frame": lambda **fields: log.warning("ws_frame_rejected", **fields),
+    "event": lambda **fields: log.warning("ws_event_rejected", **fields),
+    "message": lambda **fields: log.warning("sqs_message_rejected", **fields),
+}
 
 
 def _log_outcome(event: Event, result: IngestResult, path: str, span: Span, context: str) -> None:

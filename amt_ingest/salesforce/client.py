@@ -29,7 +29,7 @@ import orjson
 from yarl import URL
 
 from ..config import Settings
-from ..errors import IngestError
+from ..errors import SalesforceError
 from ..policy import backoff
 from ..routing.events import DELETED_FIELD, FULL_FIELD
 from ..routing.positions import position_key
@@ -61,16 +61,6 @@ MIN_DELETED_SPAN_MS: Final = 61_000
 #: of a shorter look-back): a service clock behind Salesforce's by less than this
 #: still asks for a start it accepts.
 _LOOKBACK_MARGIN_MS: Final = 3600 * 1000
-
-
-class SalesforceError(IngestError):
-    """A re-read failed after its retries. ``status`` and ``code`` (the first
-    ``errorCode`` of the body) are set when Salesforce answered."""
-
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,29 +8,17 @@ import string
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 from typing import Any, Final
 
 from amt_ingest.routing.events import TOPICS
 from amt_ingest.simulator.truth import CHANGE_ORIGIN, iso_ms
+from amt_ingest.simulator.values import PROGRAMS, FieldValues
 
-__all__ = ["BASE62", "Org", "uuid4_from"]
+__all__ = ["BASE62", "Org", "Slot", "uuid4_from"]
 
 BASE62: Final = string.digits + string.ascii_uppercase + string.ascii_lowercase
 # Share of the population per topic (the rest goes to Application_Item__c).
 _SHARES: Final = {"Opportunity": 0.4, "External_Attachment__c": 0.3}
-# Record id prefix (key prefix + pod) per topic; ids are prefix + 8 base62 chars.
-_MAIN_PREFIX: Final = {
-    "Opportunity": "0065g00000",
-    "External_Attachment__c": "a0X5g00000",
-    "Application_Item__c": "a0Y5g00000",
-}
-_FOREIGN_PREFIX: Final = {
-    "Opportunity": "0067Q00000",
-    "External_Attachment__c": "a0X7Q00000",
-    "Application_Item__c": "a0Y7Q00000",
-}
-
 # Fields an UPDATE may change, with their relative weights.
 _UPDATABLE: Final[dict[str, tuple[tuple[str, int], ...]]] = {
     "Opportunity": (
@@ -57,80 +45,16 @@ _UPDATABLE: Final[dict[str, tuple[tuple[str, int], ...]]] = {
     ),
 }
 # Fields an UPDATE may set to null.
-_NULLABLE: Final[dict[str, frozenset[str]]] = {
-    "Opportunity": frozenset({"Amount", "CloseDate", "Program__c"}),
-    "External_Attachment__c": frozenset({"File_URL__c", "Size_Bytes__c"}),
-    "Application_Item__c": frozenset({"Due_Date__c", "Notes__c"}),
-}
-# Fields a multi-record UPDATE (one value for several records) may change.
 _BULK: Final[dict[str, tuple[str, ...]]] = {
     "Opportunity": ("StageName", "CloseDate"),
     "External_Attachment__c": ("Status__c",),
     "Application_Item__c": ("Status__c", "Due_Date__c"),
 }
 
-_STAGES: Final = ("Started", "Submitted", "Admitted", "Enrolled", "Withdrawn")
-_TERMS: Final = ("Fall 2027", "Spring 2027", "Fall 2028")
-_PROGRAMS: Final = (
-    "MSc Data Science",
-    "MSc Computer Science",
-    "MBA",
-    "MA Economics",
-    "BSc Biology",
-    "MEng Robotics",
-    "LLM International Law",
-    "PhD Physics",
-)
-_SURNAMES: Final = (
-    "Okafor",
-    "Nguyen",
-    "Garcia",
-    "Schmidt",
-    "Kowalski",
-    "Tanaka",
-    "Haddad",
-    "Silva",
-    "Murphy",
-    "Ivanova",
-    "Mensah",
-    "Larsen",
-    "Chen",
-    "Patel",
-    "Rossi",
-)
-_DOC_TYPES: Final = {
-    "Transcript": "Official transcript.pdf",
-    "Passport": "Passport scan.pdf",
-    "CV": "Curriculum vitae.pdf",
-    "Reference Letter": "Reference letter.pdf",
-    "Personal Statement": "Personal statement.docx",
-    "Test Score Report": "Test score report.pdf",
-}
-_DOC_STATUSES: Final = ("Requested", "Received", "Under Review", "Accepted", "Rejected")
-_ITEM_TYPES: Final = (
-    "Reference",
-    "Interview",
-    "Application Fee",
-    "Test Score",
-    "Essay",
-    "Transcript",
-)
-_ITEM_STATUSES: Final = ("Open", "In Progress", "Complete", "Waived")
-_NOTES: Final = (
-    "Reminder sent to referee",
-    "Waived by admissions officer",
-    "Awaiting payment confirmation",
-    "Interview scheduled",
-    "Score report received from testing agency",
-    "Applicant asked for an extension",
-    "Escalated to program director",
-)
-
 _TXN_RATE: Final = 0.12  # share of transactions with more than one change
 _MULTI_RATE: Final = 0.05  # share of changes that are multi-record updates
 _DELETE_RATE: Final = 0.04  # share of changes to a live record that delete it
 _UNDELETE_RATE: Final = 0.35  # chance that picking a deleted record undeletes it
-_NULL_RATE: Final = 0.15  # chance that an updated nullable field becomes null
 
 
 def uuid4_from(rng: random.Random) -> str:
@@ -141,7 +65,7 @@ def uuid4_from(rng: random.Random) -> str:
 
 
 @dataclass(slots=True)
-class _Slot:
+class Slot:
     """A record as Salesforce holds it (including null fields)."""
 
     topic: str
@@ -184,7 +108,7 @@ class Org:
         self._mean_spacing = mean_spacing_ms
         self._commit_number = 74487681000
         self._users = [f"0055g00000{self._alnum(8)}" for _ in range(5)]
-        self._programs = [f"a0B5g00000{self._alnum(8)}" for _ in _PROGRAMS]
+        self._programs = [f"a0B5g00000{self._alnum(8)}" for _ in PROGRAMS]
         self._accounts = [f"0015g00000{self._alnum(8)}" for _ in range(max(3, records // 4))]
         n_opp = max(1, round(records * _SHARES["Opportunity"]))
         n_att = min(records - n_opp, round(records * _SHARES["External_Attachment__c"]))
@@ -194,12 +118,12 @@ class Org:
             "Application_Item__c": records - n_opp - n_att,
         }
         self._prefixes = prefixes
-        self._by_id: dict[str, _Slot] = {}
-        self.slots: list[_Slot] = []
-        self.by_topic: dict[str, list[_Slot]] = {t: [] for t in TOPICS}
+        self._by_id: dict[str, Slot] = {}
+        self.slots: list[Slot] = []
+        self.by_topic: dict[str, list[Slot]] = {t: [] for t in TOPICS}
         for topic in TOPICS:
             for _ in range(counts[topic]):
-                slot = _Slot(topic, self._new_id(topic))
+                slot = Slot(topic, self._new_id(topic))
                 self._by_id[slot.id] = slot
                 self.slots.append(slot)
                 self.by_topic[topic].append(slot)
@@ -208,7 +132,7 @@ class Org:
         self.values = FieldValues(
             rng, programs=self._programs, accounts=self._accounts, by_topic=self.by_topic
         )
-        self._fresh: list[_Slot] = []
+        self._fresh: list[Slot] = []
         if fresh_records:
             self._fresh = list(self.slots)
             self.rng.shuffle(self._fresh)
@@ -257,7 +181,7 @@ class Org:
         txn = self._begin()
         txn.sequence = 1
         if kind == "create":
-            slot = _Slot(topic, self._new_id(topic))
+            slot = Slot(topic, self._new_id(topic))
             self.slots.append(slot)
             self.by_topic[topic].append(slot)
             self._by_id[slot.id] = slot
@@ -291,7 +215,7 @@ class Org:
             txn.sequence += 1
         return events
 
-    def _slot(self, record_id: str) -> _Slot:
+    def _slot(self, record_id: str) -> Slot:
         slot = self._by_id.get(record_id)
         if slot is None:
             raise ValueError(f"no record {record_id} in this org")
@@ -358,7 +282,7 @@ class Org:
             "payload": {"ChangeEventHeader": header, **fields},
         }
 
-    def _create(self, txn: _Txn, slot: _Slot) -> dict[str, Any]:
+    def _create(self, txn: _Txn, slot: Slot) -> dict[str, Any]:
         now = iso_ms(txn.commit_ms)
         slot.values = self.values.initial(slot)
         slot.values["CreatedDate"] = now
@@ -367,17 +291,17 @@ class Org:
         fields = {k: v for k, v in slot.values.items() if v is not None}
         return self._event(txn, slot.topic, [slot.id], "CREATE", fields)
 
-    def _undelete(self, txn: _Txn, slot: _Slot) -> dict[str, Any]:
+    def _undelete(self, txn: _Txn, slot: Slot) -> dict[str, Any]:
         slot.values["LastModifiedDate"] = iso_ms(txn.commit_ms)
         slot.deleted = False
         fields = {k: v for k, v in slot.values.items() if v is not None}
         return self._event(txn, slot.topic, [slot.id], "UNDELETE", fields)
 
-    def _delete(self, txn: _Txn, slot: _Slot) -> dict[str, Any]:
+    def _delete(self, txn: _Txn, slot: Slot) -> dict[str, Any]:
         slot.deleted = True
         return self._event(txn, slot.topic, [slot.id], "DELETE", {})
 
-    def _update(self, txn: _Txn, slot: _Slot) -> dict[str, Any]:
+    def _update(self, txn: _Txn, slot: Slot) -> dict[str, Any]:
         rng = self.rng
         names, weights = zip(*_UPDATABLE[slot.topic], strict=True)
         wanted = dict.fromkeys(rng.choices(names, weights, k=rng.randint(1, 3)))
@@ -393,7 +317,7 @@ class Org:
         topic = rng.choice(TOPICS)
         pool = self.by_topic[topic]
         want = rng.randint(2, 4)
-        chosen: dict[str, _Slot] = {}
+        chosen: dict[str, Slot] = {}
         for _ in range(30):
             if len(chosen) == want or not pool:
                 break
@@ -409,7 +333,7 @@ class Org:
         return self._apply_update(txn, topic, slots, values)
 
     def _apply_update(
-        self, txn: _Txn, topic: str, slots: list[_Slot], values: dict[str, Any]
+        self, txn: _Txn, topic: str, slots: list[Slot], values: dict[str, Any]
     ) -> dict[str, Any]:
         values["LastModifiedDate"] = iso_ms(txn.commit_ms)
         for slot in slots:
@@ -426,110 +350,3 @@ class Org:
         )
 
     # -- field values
-
-
-class FieldValues:
-    """Realistic field values of one org's records (drawn from the org's random stream)."""
-
-    def __init__(
-        self,
-        rng: random.Random,
-        *,
-        programs: list[str],
-        accounts: list[str],
-        by_topic: dict[str, list[_Slot]],
-    ) -> None:
-        self.rng = rng
-        self._programs = programs
-        self._accounts = accounts
-        self._by_topic = by_topic
-
-    def _parent(self) -> str:
-        pool = self._by_topic["Opportunity"]
-        for _ in range(10):
-            slot = self.rng.choice(pool)
-            if slot.created and not slot.deleted:
-                return slot.id
-        return self.rng.choice(pool).id
-
-    def _date(self, first: date, days: int) -> str:
-        return (first + timedelta(days=self.rng.randrange(days))).isoformat()
-
-    def initial(self, slot: _Slot) -> dict[str, Any]:
-        rng = self.rng
-        if slot.topic == "Opportunity":
-            program = rng.randrange(len(_PROGRAMS))
-            name = (
-                f"{rng.choice(_TERMS)} - {_PROGRAMS[program]} - "
-                f"{rng.choice(string.ascii_uppercase)}. {rng.choice(_SURNAMES)}"
-            )
-            return {
-                "Name": name,
-                "StageName": "Started",
-                "CloseDate": self._date(date(2027, 1, 1), 365),
-                "AccountId": rng.choice(self._accounts),
-                "Amount": self.new(slot, "Amount") if rng.random() < 0.6 else None,
-                "Program__c": self._programs[program],
-            }
-        if slot.topic == "External_Attachment__c":
-            doc_type = rng.choice(list(_DOC_TYPES))
-            return {
-                "Name": _DOC_TYPES[doc_type],
-                "Opportunity__c": self._parent(),
-                "Document_Type__c": doc_type,
-                "File_URL__c": f"https://files.example.edu/passport/{slot.id}/v1",
-                "Status__c": "Requested",
-                "Size_Bytes__c": self.new(slot, "Size_Bytes__c"),
-            }
-        item_type = rng.choice(_ITEM_TYPES)
-        return {
-            "Name": f"{item_type} {rng.randint(1, 3)}",
-            "Opportunity__c": self._parent(),
-            "Item_Type__c": item_type,
-            "Status__c": "Open",
-            "Due_Date__c": self._date(date(2026, 12, 1), 180),
-            "Notes__c": rng.choice(_NOTES) if rng.random() < 0.3 else None,
-        }
-
-    def new(self, slot: _Slot, name: str) -> Any:
-        rng = self.rng
-        if name in _NULLABLE[slot.topic] and rng.random() < _NULL_RATE:
-            return None
-        match name:
-            case "StageName":
-                return rng.choice(_STAGES)
-            case "Amount":
-                return float(rng.randrange(5000, 45001, 250))
-            case "CloseDate":
-                return self._date(date(2027, 1, 1), 365)
-            case "Program__c":
-                return rng.choice(self._programs)
-            case "AccountId":
-                return rng.choice(self._accounts)
-            case "Name" if slot.topic == "Opportunity":
-                return (
-                    f"{rng.choice(_TERMS)} - {rng.choice(_PROGRAMS)} - "
-                    f"{rng.choice(string.ascii_uppercase)}. {rng.choice(_SURNAMES)}"
-                )
-            case "Name" if slot.topic == "External_Attachment__c":
-                return rng.choice(list(_DOC_TYPES.values()))
-            case "Name":
-                return f"{rng.choice(_ITEM_TYPES)} {rng.randint(1, 3)}"
-            case "Document_Type__c":
-                return rng.choice(list(_DOC_TYPES))
-            case "File_URL__c":
-                slot.version += 1
-                return f"https://files.example.edu/passport/{slot.id}/v{slot.version}"
-            case "Size_Bytes__c":
-                return rng.randint(20_000, 5_000_000)
-            case "Status__c" if slot.topic == "External_Attachment__c":
-                return rng.choice(_DOC_STATUSES)
-            case "Status__c":
-                return rng.choice(_ITEM_STATUSES)
-            case "Item_Type__c":
-                return rng.choice(_ITEM_TYPES)
-            case "Due_Date__c":
-                return self._date(date(2026, 12, 1), 180)
-            case "Notes__c":
-                return rng.choice(_NOTES)
-        raise AssertionError(f"no generator for {slot.topic}.{name}")

@@ -32,6 +32,7 @@ from amt_ingest.simulator.truth import (
 
 __all__ = ["World", "WorldStats"]
 
+# Record id prefix (key prefix + pod) per topic; ids are prefix + 8 base62 chars.
 _MAIN_PREFIX: Final = {
     "Opportunity": "0065g00000",
     "External_Attachment__c": "a0X5g00000",

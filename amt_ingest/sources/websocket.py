@@ -37,9 +37,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.frames import CloseCode
 
-from ..config import ConfigError, Settings
+from ..config import Settings
 from ..coordination import Coordinator
-from ..errors import CoordinationError
+from ..errors import ConfigError, CoordinationError
 from ..policy import backoff
 from ..routing.events import (
     TOPICS,

@@ -9,6 +9,8 @@ Exports: spans and metrics go by OTLP (http/protobuf) when
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the per-signal variable) is set; metrics
 are always served on ``/metrics`` for Prometheus. Spans are recorded even
 without an exporter, so that log lines carry trace ids.
+
+May import: config and errors only; every layer above uses it.
 """
 
 from __future__ import annotations

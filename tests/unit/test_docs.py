@@ -27,7 +27,6 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-import amt_ingest.coordination
 from amt_ingest.cli import _parser
 from amt_ingest.config import Settings, env_name
 from amt_ingest.telemetry import setup_telemetry
@@ -512,7 +511,7 @@ def test_module_map_is_the_package():
         for p in PACKAGE.rglob("*")
         if p.suffix in (".py", ".lua") and "__pycache__" not in p.parts
     }
-    versions = "amt_ingest/migrations/versions/"
+    versions = "amt_ingest/store/migrations/versions/"
     expected = {f for f in files if not f.startswith(versions)} | {versions}
     assert set(listed) == expected, {
         "missing": sorted(expected - set(listed)),
@@ -520,19 +519,24 @@ def test_module_map_is_the_package():
     }
 
 
-def test_every_redis_key_of_coordination_is_documented():
-    doc = amt_ingest.coordination.__doc__ or ""
-    keys = set(re.findall(r"``((?:amt|arq):[^`]+)``", doc))
-    assert len(keys) >= 15
-    text = ARCHITECTURE.read_text()
-    missing = sorted(k for k in keys if f"`{k}`" not in text)
-    assert not missing, missing
+def test_the_redis_key_table_is_the_layout_of_the_gateway():
+    from amt_ingest.coordination.keys import LAYOUT
+
+    rows = table_rows(section(ARCHITECTURE.read_text(), "## Redis keys"))
+    documented = {row[0].strip("`") for row in rows}
+    assert len(LAYOUT) >= 15
+    assert documented == set(LAYOUT), {
+        "undocumented": sorted(set(LAYOUT) - documented),
+        "not in keys.py": sorted(documented - set(LAYOUT)),
+    }
 
 
 def test_every_lua_script_is_described():
     rows = table_rows(section(ARCHITECTURE.read_text(), "## Lua scripts"))
-    described = {row[0].strip("`") for row in rows} | {"jobs_prelude.lua"}
-    assert described == {p.name for p in PACKAGE.glob("*.lua")}
+    described = {row[0].strip("`") for row in rows} | {"prelude.lua"}
+    scripts = {p.name for p in PACKAGE.rglob("*.lua")}
+    assert described == scripts
+    assert all(p.parent.name == "coordination" for p in PACKAGE.rglob("*.lua"))
 
 
 # -- settings and links ---------------------------------------------------------------

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from amt_ingest.config import ConfigError, load_settings
+from amt_ingest.config import load_settings
+from amt_ingest.errors import ConfigError
 from amt_ingest.policy import backoff, job_retry_delay, org_allowed
 
 

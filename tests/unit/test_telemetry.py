@@ -19,7 +19,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 
-from amt_ingest.config import ConfigError, load_settings
+from amt_ingest.config import load_settings
+from amt_ingest.errors import ConfigError
 from amt_ingest.operations.health import sources_readiness
 from amt_ingest.telemetry import configure_logging
 from amt_ingest.telemetry.tracing import (
