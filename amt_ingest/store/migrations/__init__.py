@@ -1,6 +1,6 @@
 """Schema migrations (Alembic), shipped inside the package and run without an ``alembic.ini``.
 
-``versions/`` holds the schema's history, one revision per change; ``store.metadata``
+``versions/`` holds the schema's history, one revision per change; ``store.tables.metadata``
 is its present, and a test keeps the two equal on SQLite and PostgreSQL. Operators run
 ``python -m amt_ingest db upgrade``; the service runs it at start unless
 ``AMT_DB_AUTO_UPGRADE=false``.
@@ -11,7 +11,7 @@ together migrate once and a failed upgrade leaves the schema as it was. A databa
 tables were created before migrations existed (by ``create_all``, exactly revision 0001)
 is adopted: stamped 0001, then upgraded.
 
-To change the schema: change ``store.py``, then add a revision file under ``versions/``
+To change the schema: change ``store/tables.py``, then add a revision file under ``versions/``
 whose ``down_revision`` is the current head (the next number, written by hand like the
 others); the schema test fails until the two agree.
 """
