@@ -19,6 +19,7 @@ from .routing.events import TOPICS
 from .telemetry import configure_logging
 
 if TYPE_CHECKING:
+    from .coordination import Coordinator
     from .store import Store
 
 __all__ = ["main"]
@@ -495,16 +496,13 @@ async def _resync(settings: Settings, args: argparse.Namespace) -> int:
     import redis.asyncio as aioredis
 
     from .coordination import Coordinator
-    from .salesforce.client import SalesforceClient
-    from .salesforce.resync import ResyncResult, position_at, run_full_resync, run_resync
-    from .store import Store
 
     since = None if args.full else _instant(args.since)
     if not args.full and since is None:
         print(f"amt_ingest: --since {args.since!r} is not an ISO-8601 instant", file=sys.stderr)
         return 2
     org = args.org or (settings.allowed_org_ids[0] if len(settings.allowed_org_ids) == 1 else None)
-    if org is None and not args.full:
+    if org is None and since is not None:
         print(
             "amt_ingest: name the org with --org (AMT_ALLOWED_ORG_IDS holds no single org)",
             file=sys.stderr,
@@ -513,48 +511,73 @@ async def _resync(settings: Settings, args: argparse.Namespace) -> int:
     resync_id = args.resync_id or f"cli-{uuid.uuid4().hex[:12]}"
     client = aioredis.Redis.from_url(settings.redis_url)
     coordinator = Coordinator(client, dedup_ttl=settings.dedup_ttl_seconds)
-    bar = _ProgressBar(f"resync {args.topic}")
-    result: ResyncResult
+    bar = _Marking(f"resync {args.topic}")
     try:
         if since is None:
-            store = Store.open(settings.database_url)
-            try:
-                result = await run_full_resync(
-                    coordinator,
-                    store,
-                    topic=args.topic,
-                    org=args.org,
-                    resync_id=resync_id,
-                    rate=args.rate or settings.resync_rate,
-                    on_progress=bar.update,
-                )
-            finally:
-                await store.close()
-        else:
-            assert org is not None
-            salesforce = SalesforceClient.from_settings(settings)
-            try:
-                result = await run_resync(
-                    coordinator,
-                    salesforce,
-                    topic=args.topic,
-                    position=position_at(since),
-                    org=org,
-                    resync_id=resync_id,
-                    rate=args.rate or settings.resync_rate,
-                    on_progress=bar.update,
-                )
-            finally:
-                await salesforce.aclose()
+            return await _resync_full(settings, args, coordinator, resync_id, bar)
+        assert org is not None
+        return await _resync_since(settings, args, coordinator, resync_id, bar, since, org)
     finally:
         bar.close()
         await client.aclose()
-    if since is None:
-        print(
-            f"resync {resync_id}: {result.found} live records in the store, "
-            f"{result.marked} marked for a re-read, {result.already_done} done before"
+
+
+async def _resync_full(
+    settings: Settings,
+    args: argparse.Namespace,
+    coordinator: Coordinator,
+    resync_id: str,
+    bar: _Marking,
+) -> int:
+    from .salesforce.resync import run_full_resync
+    from .store import Store
+
+    store = Store.open(settings.database_url)
+    try:
+        result = await run_full_resync(
+            coordinator,
+            store,
+            topic=args.topic,
+            org=args.org,
+            resync_id=resync_id,
+            rate=args.rate or settings.resync_rate,
+            on_progress=bar.update,
         )
-        return 0
+    finally:
+        await store.close()
+    print(
+        f"resync {resync_id}: {result.found} live records in the store, "
+        f"{result.marked} marked for a re-read, {result.already_done} done before"
+    )
+    return 0
+
+
+async def _resync_since(
+    settings: Settings,
+    args: argparse.Namespace,
+    coordinator: Coordinator,
+    resync_id: str,
+    bar: _Marking,
+    since: dt.datetime,
+    org: str,
+) -> int:
+    from .salesforce.client import SalesforceClient
+    from .salesforce.resync import position_at, run_resync
+
+    salesforce = SalesforceClient.from_settings(settings)
+    try:
+        result = await run_resync(
+            coordinator,
+            salesforce,
+            topic=args.topic,
+            position=position_at(since),
+            org=org,
+            resync_id=resync_id,
+            rate=args.rate or settings.resync_rate,
+            on_progress=bar.update,
+        )
+    finally:
+        await salesforce.aclose()
     print(
         f"resync {resync_id}: {result.found - result.deleted} records modified and "
         f"{result.deleted} deleted since {since.isoformat()}, {result.marked} marked, "
@@ -579,26 +602,25 @@ def _instant(text: str) -> dt.datetime | None:
     return instant if instant.tzinfo is not None else instant.replace(tzinfo=dt.UTC)
 
 
-class _ProgressBar:
-    """A one-line progress bar on standard error (only on a terminal)."""
+class _Marking:
+    """A resync's progress (``on_progress(done, total)``): a bar on a terminal."""
 
-    def __init__(self, label: str, width: int = 30):
+    def __init__(self, label: str):
+        from .operations.progress import progress_for
+
         self.label = label
-        self.width = width
-        self.tty = sys.stderr.isatty()
+        self.progress = progress_for(sys.stdout, sys.stderr)
+        self.shown: int | None = None
 
     def update(self, done: int, total: int) -> None:
-        if not self.tty or total <= 0:
-            return
-        filled = self.width * done // total
-        sys.stderr.write(
-            f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total}"
-        )
-        sys.stderr.flush()
+        if self.shown is None:
+            self.progress.begin(self.label, total)
+            self.shown = 0
+        self.progress.advance(done - self.shown)
+        self.shown = done
 
     def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
+        self.progress.end()
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:

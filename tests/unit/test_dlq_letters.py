@@ -8,7 +8,6 @@ import json
 
 import pytest
 
-from amt_ingest.operations.deadletters.command import PlainProgress, RichProgress, progress_for
 from amt_ingest.operations.deadletters.letters import (
     DeadLetter,
     Filters,
@@ -27,6 +26,7 @@ from amt_ingest.operations.deadletters.letters import (
     sqs_letter,
     table,
 )
+from amt_ingest.operations.progress import PlainProgress, RichProgress, progress_for
 from tests.conftest import SAMPLES
 
 ORG = "00D5g000004ZzABEA0"

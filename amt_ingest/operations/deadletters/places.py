@@ -9,28 +9,20 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ...aws import dead_letter_queue_url
 from ...coordination import Coordinator
 from ...errors import AwsError
+from ..progress import Progress
 from .letters import DeadLetter, file_letter, file_line_id, queue_name, record_letter, sqs_letter
 from .sink import rewrite_fallback
 
-__all__ = ["FileDeadLetters", "Progress", "RecordDeadLetters", "SqsDeadLetters", "chunks"]
+__all__ = ["FileDeadLetters", "RecordDeadLetters", "SqsDeadLetters", "chunks"]
 
 _BATCH: Final = 10  # SQS batch calls take at most 10 entries
-
-
-class Progress(Protocol):
-    """Where a command reports its progress and its per-item outcome lines."""
-
-    def begin(self, label: str, total: int | None) -> None: ...
-    def advance(self, n: int = 1) -> None: ...
-    def end(self) -> None: ...
-    def line(self, text: str) -> None: ...
 
 
 async def _aws(what: str, call: Any) -> Any:
