@@ -56,12 +56,25 @@ def _add_run(sub: Any) -> None:
     run = sub.add_parser(
         "run",
         help="run the service: WebSocket listener, SQS pollers, router and a worker (default)",
-        description="Run the service until SIGTERM or Ctrl-C.",
+        description="Run the service until SIGTERM or Ctrl-C. Each part can be turned off, "
+        "here or with AMT_RUN_WEBSOCKET, AMT_RUN_SQS and AMT_RUN_WORKER; replicas that run "
+        "the WebSocket share it: one subscribes, the others stand by.",
+    )
+    run.add_argument(
+        "--no-websocket",
+        action="store_true",
+        help="do not take part in WebSocket intake (AMT_RUN_WEBSOCKET=false)",
+    )
+    run.add_argument(
+        "--no-sqs",
+        action="store_true",
+        help="do not poll the SQS queues (AMT_RUN_SQS=false)",
     )
     run.add_argument(
         "--no-worker",
         action="store_true",
-        help="do not run the embedded worker (run `worker` processes instead)",
+        help="do not run the embedded worker; run `worker` processes instead "
+        "(AMT_RUN_WORKER=false)",
     )
 
 
@@ -69,7 +82,8 @@ def _add_worker(sub: Any) -> None:
     sub.add_parser(
         "worker",
         help="run an arq worker only (applies queued record jobs)",
-        description="Run a worker that applies record jobs until SIGTERM or Ctrl-C.",
+        description="Run a worker that applies record jobs until SIGTERM or Ctrl-C "
+        "(the same as `run --no-websocket --no-sqs`).",
     )
 
 
@@ -626,13 +640,23 @@ class _Marking:
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
     from .service import run_service
 
-    return await run_service(settings, worker=not args.no_worker)
+    off = {
+        field: False
+        for field, flag in (
+            ("run_websocket", "no_websocket"),
+            ("run_sqs", "no_sqs"),
+            ("run_worker", "no_worker"),
+        )
+        if getattr(args, flag, False)
+    }
+    return await run_service(settings.model_copy(update=off))
 
 
 async def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from .service import run_service
 
-    return await run_service(settings, sources=False)
+    roles = {"run_websocket": False, "run_sqs": False, "run_worker": True}
+    return await run_service(settings.model_copy(update=roles))
 
 
 async def _status(settings: Settings, args: argparse.Namespace) -> int:
@@ -678,8 +702,6 @@ def _simulate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "run"
-    if command == "run" and not hasattr(args, "no_worker"):
-        args.no_worker = False
     if command not in ("run", "worker"):
         # Only the service turns SIGTERM into a clean shutdown (see __main__).
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:

@@ -7,6 +7,7 @@ nothing else reads ``os.environ``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -33,6 +34,7 @@ def _split_csv(value: object) -> object:
 
 
 CsvList = Annotated[list[str], NoDecode]
+_REPLICA_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 class Settings(BaseSettings):
@@ -40,6 +42,13 @@ class Settings(BaseSettings):
     except the standard AWS variables."""
 
     model_config = SettingsConfigDict(env_prefix="AMT_", extra="ignore", frozen=True)
+
+    # Roles of this process, and the replicas
+    run_websocket: bool = True
+    run_sqs: bool = True
+    run_worker: bool = True
+    replica_id: str = ""
+    ws_lease_s: float = Field(5.0, ge=1, le=300)
 
     # Passport WebSocket
     passport_ws_url: str = "ws://127.0.0.1:8765/stream"
@@ -82,6 +91,7 @@ class Settings(BaseSettings):
     worker_max_jobs: int = Field(50, ge=1, le=1000)
     worker_poll_delay: float = Field(0.02, gt=0)
     job_timeout: float = Field(120.0, gt=0)
+    job_lease_s: float = Field(10.0, ge=1, le=3600)
     job_max_tries: int = Field(16, ge=1, le=100)
     job_batch: int = Field(50, ge=1, le=500)
     shutdown_grace: float = Field(20.0, ge=0)
@@ -162,6 +172,13 @@ class Settings(BaseSettings):
     def _redis(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("replica_id")
+    @classmethod
+    def _replica(cls, value: str) -> str:
+        if value and not _REPLICA_ID.fullmatch(value):
+            raise ValueError("at most 64 letters, digits and . _ : - (no spaces)")
         return value
 
     @field_validator("passport_ws_url")

@@ -5,6 +5,7 @@
     IngestError
     ├── ConfigError           the environment holds an invalid or missing value (exit code 2)
     ├── CoordinationError     Redis refused or lost a command: nothing may be acknowledged
+    │   └── LeaseLostError    the WebSocket lease is another replica's: this one stops listening
     ├── StoreError            the database failed a write or read: the job retries
     ├── FencedError           a newer run of the record's job has written: this run stops
     ├── SalesforceError       a re-read failed after its retries: the job retries
@@ -25,6 +26,7 @@ __all__ = [
     "CoordinationError",
     "FencedError",
     "IngestError",
+    "LeaseLostError",
     "SalesforceError",
     "StoreError",
 ]
@@ -40,6 +42,11 @@ class ConfigError(IngestError):
 
 class CoordinationError(IngestError):
     """Redis did not confirm a command; whatever depended on it was not acknowledged."""
+
+
+class LeaseLostError(CoordinationError):
+    """Redis refused a hand-off or cursor save of a replica whose WebSocket lease is
+    gone (another replica leads now): nothing of it was acknowledged."""
 
 
 class StoreError(IngestError):

@@ -1,9 +1,12 @@
 """The process: wires sources, router, worker, store and health together, and stops them in order.
 
-Shutdown (SIGTERM or Ctrl-C): intake stops first (the WebSocket closes without
-advancing its cursor past anything not handed off; SQS stops polling and
-releases what it received but did not hand off), then the embedded worker
-stops picking jobs and lets running ones finish within the grace period.
+What it runs are its roles (:class:`Roles`): WebSocket intake (under the
+WebSocket lease: one replica listens, the others stand by), SQS intake, the
+embedded worker. Shutdown (SIGTERM or Ctrl-C): intake stops first (the
+WebSocket closes without advancing its cursor past anything not handed off and
+its lease is released; SQS stops polling and hands back what it received but
+did not hand off), then the embedded worker stops picking jobs and lets running
+ones finish within the grace period.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
+import secrets
 import signal
+import socket
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -23,22 +29,24 @@ from redis.exceptions import RedisError
 
 from . import aws, early_signals
 from .config import Settings
-from .coordination import Coordinator
-from .errors import AwsError, IngestError, StoreError
+from .coordination import Coordinator, Leadership
+from .errors import AwsError, ConfigError, IngestError, StoreError
 from .jobs import build_worker, create_arq_pool
 from .operations.deadletters.sink import DeadLetters
 from .operations.health import Check, HealthServer, sources_readiness
+from .operations.heartbeat import Heartbeat
 from .operations.watch import Watcher
 from .policy import backoff
 from .routing.orgs import OrgFilter
 from .routing.router import Router
 from .salesforce.client import SalesforceClient
+from .sources.election import STANDBY, Election
 from .sources.sqs import SqsPoller
 from .sources.websocket import WebSocketListener
 from .store import Store
 from .telemetry import Telemetry, setup_telemetry
 
-__all__ = ["run_service"]
+__all__ = ["Roles", "replica_names", "run_service"]
 
 log = structlog.get_logger("amt_ingest.service")
 
@@ -175,11 +183,45 @@ def _running(worker: Any) -> bool:
     return any(not t.done() for t in worker.tasks.values())
 
 
+@dataclass(frozen=True)
+class Roles:
+    """What this process runs (``AMT_RUN_*``, or ``run --no-...``, or ``worker``)."""
+
+    websocket: bool
+    sqs: bool
+    worker: bool
+
+    @classmethod
+    def of(cls, settings: Settings) -> Roles:
+        return cls(
+            websocket=settings.run_websocket,
+            sqs=settings.run_sqs and bool(settings.sqs_queue_urls),
+            worker=settings.run_worker,
+        )
+
+    @property
+    def intake(self) -> bool:
+        return self.websocket or self.sqs
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name in ("websocket", "sqs", "worker") if getattr(self, name)]
+
+
+def replica_names(settings: Settings) -> tuple[str, str]:
+    """This replica's name (``AMT_REPLICA_ID``, else ``<host>-<pid>``) and its
+    instance id: the name and a suffix new at every start, so that a restarted
+    replica never takes over its former self's WebSocket lease."""
+    name = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    return name, f"{name}.{secrets.token_hex(3)}"
+
+
 @dataclass
 class _Intake:
     """The sources this process runs (none in a worker-only process)."""
 
     listener: WebSocketListener | None = None
+    election: Election | None = None
     pollers: list[SqsPoller] = field(default_factory=list)
     sqs: Any = None
     dlqs: dict[str, str] = field(default_factory=dict)
@@ -188,19 +230,25 @@ class _Intake:
 async def run_service(
     settings: Settings,
     *,
-    sources: bool = True,
-    worker: bool = True,
     stop: asyncio.Event | None = None,
     telemetry: Telemetry | None = None,
 ) -> int:
-    """Run until SIGTERM/SIGINT (or ``stop``); returns the exit code."""
+    """Run the roles the settings name until SIGTERM/SIGINT (or ``stop``); returns
+    the exit code."""
+    roles = Roles.of(settings)
+    if not roles.intake and not roles.worker:
+        raise ConfigError(
+            "nothing to run: AMT_RUN_WEBSOCKET, AMT_RUN_SQS (or AMT_SQS_QUEUE_URLS) "
+            "and AMT_RUN_WORKER are all off"
+        )
     stop = stop or asyncio.Event()
     _install_signal_handlers(stop)
     if early_signals:
         log.info("service_stopped", exit_code=0, reason="SIGTERM before start")
         return 0
-    if sources:
+    if roles.websocket:
         settings.require_token()
+    name, instance = replica_names(settings)
     async with AsyncExitStack() as stack:
         if telemetry is None:
             telemetry = setup_telemetry(settings)
@@ -215,21 +263,34 @@ async def run_service(
             orgs=orgs,
             max_pending_records=settings.max_pending_records,
             telemetry=telemetry,
-            track_one_path=sources and bool(settings.sqs_queue_urls),
+            track_one_path=roles.intake and bool(settings.sqs_queue_urls),
         )
         tasks: dict[str, asyncio.Task[Any]] = {}
         intake = _Intake()
-        if sources:
-            intake = await _start_intake(settings, stack, router, coordinator, orgs, stop, tasks)
+        if roles.intake:
+            intake = await _start_intake(
+                settings, roles, instance, stack, router, coordinator, orgs, stop, tasks
+            )
         runner = None
-        if worker:
+        if roles.worker:
             runner = await _start_worker(settings, stack, coordinator, store, telemetry)
             tasks["worker"] = asyncio.create_task(runner.run(stop), name="worker")
-        tasks["gauges"] = _start_watcher(settings, coordinator, telemetry, intake, stop, sources)
+        heartbeat = Heartbeat(
+            coordinator,
+            instance=instance,
+            name=name,
+            roles=roles.names,
+            election=intake.election.state if intake.election else None,
+            listener=intake.listener.state if intake.listener else None,
+        )
+        background = {
+            "gauges": _start_watcher(settings, coordinator, telemetry, intake, stop, roles),
+            "heartbeat": asyncio.create_task(heartbeat.run(stop), name="heartbeat"),
+        }
         health = HealthServer(
             host=settings.http_host,
             port=settings.http_port,
-            checks=_readiness_checks(settings, redis, store, intake, sources),
+            checks=_readiness_checks(settings, redis, store, intake, roles),
             metrics=telemetry.prometheus_text,
         )
         await health.start()
@@ -237,14 +298,14 @@ async def run_service(
         _tune_collector()
         log.info(
             "service_started",
-            sources=sources,
-            worker=worker,
+            replica=instance,
+            roles=roles.names,
             queues=len(settings.sqs_queue_urls),
             http_port=health.bound_port,
             telemetry=telemetry.exports,
         )
-        exit_code = await _run_until_stopped(tasks, stop)
-        shutdown_s = await _shut_down(settings, tasks, runner)
+        exit_code = await _run_until_stopped(tasks | background, stop)
+        shutdown_s = await _shut_down(settings, tasks, runner, background, heartbeat)
         log.info("service_stopped", exit_code=exit_code, shutdown_s=shutdown_s)
         return exit_code
 
@@ -265,6 +326,8 @@ async def _open_backends(
 
 async def _start_intake(
     settings: Settings,
+    roles: Roles,
+    instance: str,
     stack: AsyncExitStack,
     router: Router,
     coordinator: Coordinator,
@@ -272,8 +335,9 @@ async def _start_intake(
     stop: asyncio.Event,
     tasks: dict[str, asyncio.Task[Any]],
 ) -> _Intake:
-    """The WebSocket listener and the SQS pollers, started as tasks; rejected input
-    goes to the queues' dead-letter queues (or the fallback file)."""
+    """The WebSocket election (its listener runs while this replica leads) and the
+    SQS pollers, started as tasks; rejected input goes to the queues' dead-letter
+    queues (or the fallback file)."""
     allowed = await load_orgs_at_start(orgs)
     if not allowed:
         log.warning(
@@ -293,14 +357,20 @@ async def _start_intake(
         dlq_by_source=intake.dlqs,
         fallback_path=settings.dead_letter_file,
     )
-    intake.listener = WebSocketListener(settings, router=router, coordinator=coordinator)
-    tasks["websocket"] = asyncio.create_task(intake.listener.run(stop), name="websocket")
-    for url in settings.sqs_queue_urls:
-        for n in range(settings.sqs_receivers_per_queue):
-            poller = SqsPoller(settings, sqs=intake.sqs, queue_url=url, router=router)
-            intake.pollers.append(poller)
-            name = f"sqs:{url}#{n}"
-            tasks[name] = asyncio.create_task(poller.run(stop), name=name)
+    if roles.websocket:
+        intake.listener = WebSocketListener(settings, router=router, coordinator=coordinator)
+        leadership = Leadership(
+            coordinator.redis, replica=instance, ttl_ms=int(settings.ws_lease_s * 1000)
+        )
+        intake.election = Election(leadership, intake.listener, telemetry=router.telemetry)
+        tasks["websocket"] = asyncio.create_task(intake.election.run(stop), name="websocket")
+    if roles.sqs:
+        for url in settings.sqs_queue_urls:
+            for n in range(settings.sqs_receivers_per_queue):
+                poller = SqsPoller(settings, sqs=intake.sqs, queue_url=url, router=router)
+                intake.pollers.append(poller)
+                name = f"sqs:{url}#{n}"
+                tasks[name] = asyncio.create_task(poller.run(stop), name=name)
     return intake
 
 
@@ -349,26 +419,28 @@ def _start_watcher(
     telemetry: Telemetry,
     intake: _Intake,
     stop: asyncio.Event,
-    sources: bool,
+    roles: Roles,
 ) -> asyncio.Task[Any]:
-    listener = intake.listener
-    if listener is not None:
-        ws_state = listener.state
+    listener, election = intake.listener, intake.election
+    if listener is not None and election is not None:
+        ws_state, role = listener.state, election.state
         telemetry.metrics.gauges.websocket = lambda: int(ws_state.connected)
+        telemetry.metrics.gauges.ws_leader = lambda: int(role.leading)
     watcher = Watcher(
         settings,
         coordinator=coordinator,
         telemetry=telemetry,
         sqs=intake.sqs,
-        queues={url: intake.dlqs.get(url) for url in settings.sqs_queue_urls} if sources else {},
-        listener=listener,
-        sweep_one_path=sources and bool(settings.sqs_queue_urls),
+        queues={url: intake.dlqs.get(url) for url in settings.sqs_queue_urls}
+        if roles.intake
+        else {},
+        sweep_one_path=roles.intake and bool(settings.sqs_queue_urls),
     )
     return asyncio.create_task(watcher.run(stop), name="gauges")
 
 
 def _readiness_checks(
-    settings: Settings, redis: aioredis.Redis, store: Store, intake: _Intake, sources: bool
+    settings: Settings, redis: aioredis.Redis, store: Store, intake: _Intake, roles: Roles
 ) -> dict[str, Check]:
     """``/readyz``'s checks: Redis and the database reachable, the sources running."""
 
@@ -381,13 +453,15 @@ def _readiness_checks(
         return True, "ok"
 
     async def sources_ok() -> tuple[bool, str]:
-        if not sources:
+        if not roles.intake:
             return True, "no sources in this process"
         state = intake.listener.state if intake.listener is not None else None
+        election = intake.election.state if intake.election is not None else None
         # The grace covers reconnects, not a start that never got through.
         down_since = state.disconnected_since if state and state.subscribed_once else None
         return sources_readiness(
             ws_enabled=state is not None,
+            ws_standby=election is not None and election.role == STANDBY,
             ws_connected=bool(state and state.connected),
             ws_down_for=None if down_since is None else time.monotonic() - down_since,
             ws_fatal=state.fatal if state is not None else None,
@@ -423,14 +497,25 @@ async def _run_until_stopped(tasks: dict[str, asyncio.Task[Any]], stop: asyncio.
 
 
 async def _shut_down(
-    settings: Settings, tasks: dict[str, asyncio.Task[Any]], runner: WorkerRunner | None
+    settings: Settings,
+    tasks: dict[str, asyncio.Task[Any]],
+    runner: WorkerRunner | None,
+    background: dict[str, asyncio.Task[Any]],
+    heartbeat: Heartbeat,
 ) -> float:
-    """Intake first, then the worker's running jobs within what is left of the
-    grace period, then the gauges; returns how long it took."""
+    """Intake first (the WebSocket lease released, the SQS receives handed back),
+    then the worker's running jobs within what is left of the grace period, then
+    the gauges and the heartbeat; returns how long it took."""
     started = time.monotonic()
-    intake = [t for name, t in tasks.items() if name not in ("worker", "gauges")]
+    intake = [t for name, t in tasks.items() if name != "worker"]
     if intake:
         _, pending = await asyncio.wait(intake, timeout=settings.shutdown_grace)
+        if pending:
+            log.warning(
+                "shutdown_cut_off",
+                components=sorted(t.get_name() for t in pending),
+                grace_s=settings.shutdown_grace,
+            )
         for task in pending:
             task.cancel()
         await asyncio.gather(*intake, return_exceptions=True)
@@ -439,6 +524,8 @@ async def _shut_down(
         await runner.drain(remaining)
         tasks["worker"].cancel()
         await asyncio.gather(tasks["worker"], return_exceptions=True)
-    tasks["gauges"].cancel()
-    await asyncio.gather(tasks["gauges"], return_exceptions=True)
+    for task in background.values():
+        task.cancel()
+    await asyncio.gather(*background.values(), return_exceptions=True)
+    await heartbeat.leave()
     return round(time.monotonic() - started, 2)

@@ -9,6 +9,9 @@ each beside the Lua scripts it calls, all on one Redis client:
 - :mod:`.resyncs` (``mark.lua``): resync jobs, their progress, their marks;
 - :mod:`.deadrecords` (``replay.lua``, ``drop_dead.lua``): dead-lettered records;
 - :mod:`.cursors` (``keep_newest.lua``): WebSocket resume points;
+- :mod:`.keeper` (``renew.lua``): the leases of this process's job runs, kept alive;
+- :mod:`.leadership` (``leadership.lua``): the WebSocket lease, one subscriber at a time;
+- :mod:`.replicas`: every replica's roles and heartbeat;
 - :mod:`.throttle`: the operator's retry throttle;
 - :mod:`.observations` (``sweep_one_path.lua``): counters, lags, gauges, overview.
 
@@ -27,24 +30,30 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from .arqjobs import (
+    IN_PROGRESS_VALUE,
     JOB_FUNCTION,
     JOB_TTL_MS,
     LEGACY_JOB_FUNCTION,
     QUEUE_NAME,
     RESYNC_FUNCTION,
+    in_progress_key,
     job_deserializer,
     job_serializer,
 )
 from .cursors import Cursors
 from .deadrecords import DeadRecords
 from .handoff import HandOff, pending_entries
+from .keeper import Hold, LeaseKeeper
 from .keys import record_key
+from .leadership import Held, Leadership
 from .observations import Observations
 from .records import PendingRecord, RecordJobs
+from .replicas import Replicas
 from .resyncs import Resyncs
 from .throttle import Throttle
 
 __all__ = [
+    "IN_PROGRESS_VALUE",
     "JOB_FUNCTION",
     "JOB_TTL_MS",
     "LEGACY_JOB_FUNCTION",
@@ -54,11 +63,17 @@ __all__ = [
     "Cursors",
     "DeadRecords",
     "HandOff",
+    "Held",
+    "Hold",
+    "Leadership",
+    "LeaseKeeper",
     "Observations",
     "PendingRecord",
     "RecordJobs",
+    "Replicas",
     "Resyncs",
     "Throttle",
+    "in_progress_key",
     "job_deserializer",
     "job_serializer",
     "pending_entries",
@@ -87,5 +102,9 @@ class Coordinator:
         self.resyncs = Resyncs(client, queue_name=queue_name)
         self.dead_records = DeadRecords(client, queue_name=queue_name)
         self.cursors = Cursors(client)
+        self.leases = LeaseKeeper(client)
+        self.replicas = Replicas(client)
         self.throttle = Throttle(client)
-        self.observations = Observations(client, resyncs=self.resyncs, queue_name=queue_name)
+        self.observations = Observations(
+            client, resyncs=self.resyncs, replicas=self.replicas, queue_name=queue_name
+        )

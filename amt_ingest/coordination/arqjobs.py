@@ -16,11 +16,13 @@ import orjson
 from .keys import QUEUE
 
 __all__ = [
+    "IN_PROGRESS_VALUE",
     "JOB_FUNCTION",
     "JOB_TTL_MS",
     "LEGACY_JOB_FUNCTION",
     "QUEUE_NAME",
     "RESYNC_FUNCTION",
+    "in_progress_key",
     "job_deserializer",
     "job_payload",
     "job_serializer",
@@ -35,6 +37,17 @@ LEGACY_JOB_FUNCTION: Final = "apply_record"
 RESYNC_FUNCTION: Final = "resync_topic"
 #: How long a job key lives: longer than the 15-retry schedule (about 50 h).
 JOB_TTL_MS: Final = 72 * 3600 * 1000
+
+
+#: What arq's in-progress key of a running job holds.
+IN_PROGRESS_VALUE: Final = "1"
+
+
+def in_progress_key(job_id: str) -> str:
+    """arq's in-progress key of a job: a worker starts the job only while it is absent.
+    The service's workers set it for ``AMT_JOB_LEASE_S`` and renew it while the job
+    runs (:mod:`.keeper`), so a killed worker's job runs again within that time."""
+    return f"arq:in-progress:{job_id}"
 
 
 def job_serializer(data: dict[str, Any]) -> bytes:

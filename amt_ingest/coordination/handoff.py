@@ -16,6 +16,7 @@ from typing import Any, Final
 import orjson
 import redis.asyncio as aioredis
 
+from ..errors import LeaseLostError
 from ..routing.events import DELETED_FIELD, FULL_FIELD, REREAD_FIELD, Event, event_effect
 from ..routing.handoff import IngestResult, Turn
 from .arqjobs import JOB_FUNCTION, JOB_TTL_MS, QUEUE_NAME
@@ -75,6 +76,7 @@ class HandOff:
         track_one_path: bool = False,
         turn: Turn | None = None,
         counts: Mapping[str, int] | None = None,
+        lease: str | None = None,
     ) -> list[IngestResult]:
         """Hand events off durably, in one round trip. Returns one result per event.
 
@@ -86,7 +88,9 @@ class HandOff:
         contexts; ``track_one_path`` keeps first arrivals in ``amt:onepath``
         until the other path brings them. With ``turn``, the scripts run only
         after the previous hand-off's did (the batch is prepared meanwhile), and
-        ``turn.done`` is set after them.
+        ``turn.done`` is set after them. With ``lease`` (the WebSocket leader's
+        ``"<replica> <token>"``) Redis takes the events only while that lease is the
+        current one, else :class:`~amt_ingest.errors.LeaseLostError` (nothing taken).
         """
         try:
             if not events:
@@ -100,6 +104,7 @@ class HandOff:
                     contexts[start : start + INGEST_CHUNK] if contexts else None,
                     track_one_path,
                     counts if start == 0 else None,
+                    lease,
                 )
                 for start in range(0, len(events), INGEST_CHUNK)
             ]
@@ -120,6 +125,7 @@ class HandOff:
         contexts: Sequence[str] | None,
         track_one_path: bool,
         counts: Mapping[str, int] | None,
+        lease: str | None = None,
     ) -> tuple[list[str], bytes]:
         keys: list[str] = []
         specs: list[list[Any]] = []
@@ -150,12 +156,16 @@ class HandOff:
         }
         if counts:
             spec["c"] = dict(counts)
+        if lease is not None:
+            spec["lf"] = lease
         return keys, orjson.dumps(spec)
 
     async def _run_chunk(self, keys: list[str], spec: bytes) -> list[IngestResult]:
         # A plain EVALSHA (one round trip): a pipeline holding a script first
         # asks Redis whether the script is loaded, a round trip of its own.
         flat = await run(self._ingest, "hand-off to Redis", keys=keys, args=[spec])
+        if flat[0] == b"fenced":
+            raise LeaseLostError("hand-off refused: the WebSocket lease is another replica's")
         self.last_pending = int(flat[-1])
         return [
             IngestResult(

@@ -17,7 +17,10 @@
 --                            number of records, [pending name, JSON value, ...],
 --                            [record ids]], ...],
 --                     "c": {counter: n, ...} (optional: more counts for amt:stats,
---                          such as the batch's rejected input, counted with it)}
+--                          such as the batch's rejected input, counted with it),
+--                     "lf": the WebSocket leader's lease "<replica> <token>"
+--                           (optional: the batch is taken only while it is the
+--                           current lease, else {"fenced"} is returned)}
 --
 -- Counts each outcome in amt:stats as <outcome>:<path>:<topic>; a second arrival
 -- on the other path also as cross:<first path>:<topic>, its lag kept in amt:lags.
@@ -31,6 +34,9 @@
 
 local LINKS_MAX_CHARS = 64 * 51
 local spec = cjson.decode(ARGV[1])
+if spec.lf and redis.call('GET', KEY.leader_ws) ~= spec.lf then
+  return {'fenced'}
+end
 local path = spec.p
 local ttl = spec.ttl
 local queue = spec.q

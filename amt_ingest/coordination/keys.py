@@ -17,10 +17,13 @@ __all__ = [
     "JOB_SEQUENCE",
     "LAGS",
     "LAYOUT",
+    "LEADER_FENCE",
+    "LEADER_WS",
     "ONE_PATH",
     "OPEN_JOB",
     "PENDING",
     "QUEUE",
+    "REPLICAS",
     "RESYNCS",
     "RETRYING",
     "STATS",
@@ -48,6 +51,9 @@ RETRYING: Final = "amt:retrying"
 ONE_PATH: Final = "amt:onepath"
 LAGS: Final = "amt:lags"
 GAUGES: Final = "amt:gauges"
+LEADER_WS: Final = "amt:leader:ws"
+LEADER_FENCE: Final = "amt:leader:ws:fence"
+REPLICAS: Final = "amt:replicas"
 
 
 def dedup_key(event_id: str) -> str:
@@ -106,4 +112,7 @@ LAYOUT: Final[dict[str, tuple[str, str]]] = {
     ONE_PATH: ("sorted set", "events seen on one path so far"),
     LAGS: ("list", "the last 1,000 path lags"),
     GAUGES: ("hash", "queue depths and WebSocket state, published by services"),
+    LEADER_WS: ("string", "the WebSocket lease: the replica that subscribes, and its token"),
+    LEADER_FENCE: ("counter", "WebSocket lease tokens, one per new holder"),
+    REPLICAS: ("hash", "every replica's roles and heartbeat, published by each"),
 }

@@ -1,6 +1,6 @@
 """What the processes share about the system for ``status`` and the gauges: counters
-(``amt:stats``), path lags, queue depths and WebSocket state (``amt:gauges``), and
-the sweep of events seen on one path only (``sweep_one_path.lua``).
+(``amt:stats``), path lags, queue depths (``amt:gauges``), the replicas and the
+WebSocket lease, and the sweep of events seen on one path only (``sweep_one_path.lua``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .keys import (
     STATS,
     THROTTLE,
 )
+from .replicas import Replicas
 from .resyncs import Resyncs
 from .scripts import call, execute, load, run
 
@@ -31,9 +32,17 @@ __all__ = ["Observations"]
 class Observations:
     """Counters, lags, gauges and the one-path sweep."""
 
-    def __init__(self, client: aioredis.Redis, *, resyncs: Resyncs, queue_name: str = QUEUE_NAME):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        resyncs: Resyncs,
+        replicas: Replicas,
+        queue_name: str = QUEUE_NAME,
+    ):
         self.redis = client
         self.resyncs = resyncs
+        self.replicas = replicas
         self.queue_name = queue_name
         self._sweep = load(client, "sweep_one_path.lua", prelude=False)
 
@@ -60,7 +69,7 @@ class Observations:
             await call(self.redis.hset(GAUGES, mapping=dict(values)), "publishing gauges")
 
     async def overview(self) -> dict[str, Any]:
-        """Everything ``status`` shows that Redis holds, in three round trips."""
+        """Everything ``status`` shows that Redis holds, in four round trips."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(STATS)
         pipe.lrange(LAGS, 0, -1)
@@ -93,4 +102,5 @@ class Observations:
             "one_path_pending": int(one_path),
             "gauges": {k.decode(): v.decode() for k, v in gauges.items()},
             "throttle": {k.decode(): v.decode() for k, v in throttle.items()},
+            **await self.replicas.overview(),
         }

@@ -27,6 +27,7 @@ local KEY = {
   retrying = 'amt:retrying',
   onepath = 'amt:onepath',
   lags = 'amt:lags',
+  leader_ws = 'amt:leader:ws',
 }
 
 local function arq_job(job_id)

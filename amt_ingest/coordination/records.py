@@ -138,6 +138,11 @@ class RecordJobs:
         )
         return claimed if isinstance(claimed, int) else claimed[0]
 
+    @staticmethod
+    def lease_keys(records: Sequence[PendingRecord]) -> list[str]:
+        """The lease keys of claimed records (what a run keeps alive while it runs)."""
+        return [lease_key(r.topic, r.record_id) for r in records]
+
     async def hold(
         self,
         records: Sequence[PendingRecord],
@@ -176,7 +181,7 @@ class RecordJobs:
 
     async def release_lease(self, record: PendingRecord) -> None:
         """End a run that will not complete (it failed and retries later). The lease
-        expires by itself after the job timeout if this fails."""
+        lapses by itself within ``AMT_JOB_LEASE_S`` if this fails."""
         await run(
             self._unlease,
             f"releasing the lease of {record.record_id}",

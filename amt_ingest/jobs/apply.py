@@ -82,17 +82,23 @@ async def run_job(ctx: dict[str, Any], members: Sequence[tuple[str, str]]) -> li
     job_id: str = ctx["job_id"]
     job_try: int = ctx.get("job_try", 1)
     bound = log.bind(job_id=job_id, job_try=job_try)
-    records = await _claim(ctx["coordinator"], members, job_id, ctx["lease_ms"], bound)
-    if not records:
-        return ["not_owner"] * len(members)
-    telemetry: Telemetry = ctx.get("telemetry") or Telemetry.off()
-    started = time.perf_counter()
-    batch, runs = _start_spans(telemetry.tracer, records, job_id, job_try)
-    try:
-        with trace.use_span(batch or runs[0].span, end_on_exit=False):
-            await _apply_claimed(ctx, runs, job_id, bound)
-    finally:
-        _end_spans(telemetry, runs, batch, time.perf_counter() - started)
+    coordinator: Coordinator = ctx["coordinator"]
+    lease_ms: int = ctx["lease_ms"]
+    # The records' leases live while this run does (renewed), and lapse soon after
+    # its process dies: then another run of the job takes the records.
+    with coordinator.leases.hold(job_id, ttl_ms=lease_ms) as leases:
+        records = await _claim(coordinator, members, job_id, lease_ms, bound)
+        if not records:
+            return ["not_owner"] * len(members)
+        leases.add(coordinator.records.lease_keys(records), records[0].token)
+        telemetry: Telemetry = ctx.get("telemetry") or Telemetry.off()
+        started = time.perf_counter()
+        batch, runs = _start_spans(telemetry.tracer, records, job_id, job_try)
+        try:
+            with trace.use_span(batch or runs[0].span, end_on_exit=False):
+                await _apply_claimed(ctx, runs, job_id, bound)
+        finally:
+            _end_spans(telemetry, runs, batch, time.perf_counter() - started)
     by_record = {(run.record.topic, run.record.record_id): run.status for run in runs}
     return [by_record.get(member, "not_owner") for member in members]
 

@@ -2,24 +2,36 @@
 
 The worker shares the process's Redis pool and store; arq delivers jobs, the
 coordination state in Redis decides what they do (:mod:`.apply`).
+
+arq marks a running job with an in-progress key and starts no other run of it
+while the key lives; it sets the key for the longest function timeout + 10 s
+(130 s with the defaults), so the job of a killed worker would wait that long.
+Here the key is a lease instead: set for ``AMT_JOB_LEASE_S`` and renewed while the
+job runs (:class:`~amt_ingest.coordination.LeaseKeeper`), so a killed worker's
+jobs run again on another worker within that time.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import structlog
 from arq.connections import ArqRedis, RedisSettings
 from arq.cron import cron
+from arq.typing import WorkerCoroutine
 from arq.worker import Function, Worker, func
 
 from ..config import Settings
 from ..coordination import (
+    IN_PROGRESS_VALUE,
     JOB_FUNCTION,
     LEGACY_JOB_FUNCTION,
     QUEUE_NAME,
     RESYNC_FUNCTION,
     Coordinator,
+    in_progress_key,
     job_deserializer,
     job_serializer,
 )
@@ -29,11 +41,32 @@ from ..store import Store
 from ..telemetry import Telemetry
 from .apply import apply_record, apply_records
 
-__all__ = ["build_worker", "create_arq_pool", "lease_ms", "reap_orphans", "worker_functions"]
+__all__ = [
+    "build_worker",
+    "create_arq_pool",
+    "lease_ms",
+    "leased",
+    "reap_orphans",
+    "worker_functions",
+]
 
 log = structlog.get_logger("amt_ingest.jobs")
 
 ARQ_MAX_TRIES: Final = 1_000_000
+
+
+def leased(function: Callable[..., Awaitable[Any]]) -> WorkerCoroutine:
+    """``function`` as an arq job that holds its in-progress key as a lease: kept
+    alive while the job runs, so that it lapses soon after the worker dies."""
+
+    @functools.wraps(function)
+    async def job(ctx: dict[Any, Any], *args: Any, **kwargs: Any) -> Any:
+        coordinator: Coordinator = ctx["coordinator"]
+        with coordinator.leases.hold(ctx["job_id"], ttl_ms=ctx["lease_ms"]) as hold:
+            hold.add([in_progress_key(ctx["job_id"])], IN_PROGRESS_VALUE)
+            return await function(ctx, *args, **kwargs)
+
+    return job
 
 
 async def reap_orphans(ctx: dict[str, Any]) -> int:
@@ -46,14 +79,14 @@ async def reap_orphans(ctx: dict[str, Any]) -> int:
 
 
 def lease_ms(settings: Settings) -> int:
-    """How long a run holds its record: the job timeout plus arq's 10 s margin."""
-    return int((settings.job_timeout + 10) * 1000)
+    """How long a job's leases live without a renewal (``AMT_JOB_LEASE_S``)."""
+    return int(settings.job_lease_s * 1000)
 
 
 def worker_functions(settings: Settings) -> list[Function]:
     return [
         func(
-            function,
+            leased(function),
             name=name,
             # Tries are counted per record in Redis (a throttled wait is not a try);
             # arq's own limit must never end a record's job.
@@ -87,21 +120,19 @@ def build_worker(
     telemetry: Telemetry | None = None,
 ) -> Worker:
     """An arq worker for the record jobs, sharing the process's Redis pool and store."""
-    return Worker(
+    worker = Worker(
         functions=[
             *worker_functions(settings),
             func(
-                resync_topic,
+                leased(resync_topic),
                 name=RESYNC_FUNCTION,
                 max_tries=ARQ_MAX_TRIES,
-                # Not longer than a record job: arq's in-progress timeout (how soon
-                # a job of a killed worker reruns) follows the longest function.
                 timeout=settings.job_timeout,
             ),
         ],
         cron_jobs=[
             cron(
-                reap_orphans,
+                leased(reap_orphans),
                 name="reap_orphans",
                 second=set(range(0, 60, 15)),
                 unique=True,
@@ -131,3 +162,7 @@ def build_worker(
         },
         log_results=False,
     )
+    # A lease, not a timeout: the in-progress key lives AMT_JOB_LEASE_S, renewed
+    # while the job runs (see the module docstring).
+    worker.in_progress_timeout_s = settings.job_lease_s
+    return worker

@@ -24,21 +24,26 @@ def sources_readiness(
     *,
     ws_enabled: bool,
     ws_connected: bool,
+    ws_standby: bool = False,
     ws_down_for: float | None,
     ws_fatal: str | None,
     sqs_enabled: bool,
     sqs_ok: bool,
     grace_s: float,
 ) -> tuple[bool, str]:
-    """Ready while either path takes events. A WebSocket down for less than
-    ``grace_s`` (a reconnect) still counts as taking them."""
+    """Ready while either path takes events, or while the WebSocket stands by
+    (another replica holds the lease and listens; this one takes over when it
+    goes). A WebSocket down for less than ``grace_s`` (a reconnect) still counts
+    as taking them."""
     ws_ok = (
         ws_enabled
         and ws_fatal is None
-        and (ws_connected or (ws_down_for is not None and ws_down_for < grace_s))
+        and (ws_standby or ws_connected or (ws_down_for is not None and ws_down_for < grace_s))
     )
     if ws_fatal is not None:
         ws_state = "stopped"
+    elif ws_standby:
+        ws_state = "standby"
     elif ws_connected:
         ws_state = "up"
     elif ws_down_for is not None:

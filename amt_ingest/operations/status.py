@@ -1,10 +1,11 @@
 """``python -m amt_ingest status``: a live view of the running system.
 
 Reads what every service process shares in Redis (the ``amt:stats`` counters,
-the last path lags, queue depths and WebSocket state published in
-``amt:gauges``, retrying and dead-lettered records) and, when reachable, one
-process's ``/readyz``. Rates are the difference of two readings over the
-time between them. :func:`build_view` is the pure part; the rest draws it.
+the last path lags, queue depths published in ``amt:gauges``, every replica's
+heartbeat with its roles and WebSocket state, the WebSocket lease, retrying and
+dead-lettered records) and, when reachable, one process's ``/readyz``. Rates
+are the difference of two readings over the time between them.
+:func:`build_view` is the pure part; the rest draws it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ..config import Settings
 from ..coordination import Coordinator
 from ..errors import CoordinationError, IngestError
 
-__all__ = ["build_view", "percentile", "render", "run_status"]
+__all__ = ["build_view", "percentile", "render", "replica_rows", "run_status"]
 
 RECEIVED = ("first", "duplicate", "stale", "filtered")
 
@@ -78,14 +79,10 @@ def build_view(
     depths["arq"] = current["queued_jobs"]
     depths["pending_records"] = current["pending_records"]
     lags = current["lags_ms"]
-    websocket: dict[str, Any] = {}
-    if "ws:connected" in gauges:
-        websocket = {
-            "connected": gauges["ws:connected"] == "1",
-            "for_s": float(gauges.get("ws:state_for_s", "-1")),
-            "reconnects": int(gauges.get("ws:reconnects", "0")),
-            "fatal": gauges.get("ws:fatal") or None,
-        }
+    replicas = replica_rows(
+        current.get("replicas", {}), current.get("ws_lease"), now_ms=int(time.time() * 1000)
+    )
+    websocket = _websocket(replicas, current.get("ws_terms", 0))
     updated = int(gauges.get("updated_ms", "0"))
     return {
         "events": [
@@ -106,9 +103,93 @@ def build_view(
         "dead_records": current["dead_records"],
         "throttle": current["throttle"].get("mode") or "off",
         "websocket": websocket,
+        "replicas": replicas,
         "gauges_age_s": round(time.time() - updated / 1000, 1) if updated else None,
         "ready": ready,
     }
+
+
+#: A replica whose heartbeat is older than this is shown as silent.
+SILENT_AFTER_S = 10.0
+
+
+def replica_rows(
+    entries: dict[str, dict[str, Any]], ws_lease: str | None, *, now_ms: int
+) -> list[dict[str, Any]]:
+    """One row per replica (by name), with whether it holds the WebSocket lease now."""
+    holder = ws_lease.split(" ", 1)[0] if ws_lease else None
+    rows = []
+    for instance, entry in entries.items():
+        age = (now_ms - int(entry.get("heartbeat_ms", 0))) / 1000
+        rows.append(
+            {
+                "instance": instance,
+                "name": entry.get("name", instance),
+                "host": entry.get("host"),
+                "pid": entry.get("pid"),
+                "roles": entry.get("roles", []),
+                "websocket": entry.get("websocket", "off"),
+                "leads": instance == holder,
+                "heartbeat_age_s": round(age, 1),
+                "silent": age > SILENT_AFTER_S,
+                "up_s": round((now_ms - int(entry.get("started_ms", now_ms))) / 1000),
+                "connected": entry.get("connected"),
+                "state_for_s": entry.get("state_for_s"),
+                "reconnects": entry.get("reconnects"),
+                "fatal": entry.get("fatal"),
+                "job_leases": entry.get("job_leases", 0),
+                "version": entry.get("version"),
+            }
+        )
+    return sorted(rows, key=lambda r: (not r["leads"], r["name"], r["instance"]))
+
+
+def _websocket(replicas: list[dict[str, Any]], terms: int) -> dict[str, Any]:
+    """The WebSocket as the lease holder reports it ({} when no replica runs it)."""
+    if not any(r["websocket"] != "off" for r in replicas):
+        return {}
+    leader = next((r for r in replicas if r["leads"]), None)
+    if leader is None:
+        fatal = next((r["fatal"] for r in replicas if r["fatal"]), None)
+        return {"leader": None, "connected": False, "fatal": fatal, "leader_changes": terms}
+    return {
+        "leader": leader["name"],
+        "connected": bool(leader["connected"]),
+        "for_s": leader["state_for_s"] if leader["state_for_s"] is not None else -1,
+        "reconnects": leader["reconnects"] or 0,
+        "fatal": leader["fatal"],
+        "leader_changes": terms,
+    }
+
+
+def _replica_table(view: dict[str, Any]) -> Table | None:
+    rows = view["replicas"]
+    if not rows:
+        return None
+    table = Table(title="Replicas", expand=False)
+    for column in ("replica", "roles", "websocket", "heartbeat", "up", "job leases"):
+        table.add_column(column, justify="right" if column in ("up", "job leases") else "left")
+    for row in rows:
+        ws = row["websocket"]
+        if row["leads"]:
+            ws_text = Text("LEADER" if row["connected"] else "LEADER, disconnected", style="green")
+        elif ws == "stopped":
+            ws_text = Text(f"stopped: {row['fatal']}", style="bold red")
+        else:
+            ws_text = Text(ws)
+        beat = Text(
+            f"{row['heartbeat_age_s']:.0f}s ago" + (" SILENT" if row["silent"] else ""),
+            style="bold red" if row["silent"] else "",
+        )
+        table.add_row(
+            f"{row['name']} ({row['host']}:{row['pid']})",
+            ",".join(row["roles"]),
+            ws_text,
+            beat,
+            f"{row['up_s']:,}s",
+            f"{row['job_leases']:,}",
+        )
+    return table
 
 
 def _resync_row(progress: dict[str, str]) -> dict[str, Any]:
@@ -188,12 +269,18 @@ def render(view: dict[str, Any]) -> Group:
         )
     ws = view["websocket"]
     if ws:
-        state = "connected" if ws["connected"] else "DISCONNECTED"
         if ws["fatal"]:
-            state = f"STOPPED: {ws['fatal']}"
-        style = "green" if ws["connected"] else "bold red"
-        system.add_row("websocket", Text(f"{state} for {ws['for_s']:.0f}s", style=style))
-        system.add_row("websocket reconnects", str(ws["reconnects"]))
+            state, style = f"STOPPED: {ws['fatal']}", "bold red"
+        elif ws["leader"] is None:
+            state, style = "NO LEADER (every replica standing by or gone)", "bold red"
+        elif ws["connected"]:
+            state, style = f"connected for {ws['for_s']:.0f}s via {ws['leader']}", "green"
+        else:
+            state, style = f"DISCONNECTED for {ws['for_s']:.0f}s ({ws['leader']})", "bold red"
+        system.add_row("websocket", Text(state, style=style))
+        if ws["leader"] is not None:
+            system.add_row("websocket reconnects", str(ws["reconnects"]))
+        system.add_row("websocket leader changes", f"{ws['leader_changes']:,}")
     if view["gauges_age_s"] is not None:
         system.add_row("gauges updated", f"{view['gauges_age_s']:.0f}s ago")
     ready = view["ready"]
@@ -203,8 +290,8 @@ def render(view: dict[str, Any]) -> Group:
         for name, check in ready.get("checks", {}).items():
             style = "green" if check["ok"] else "bold red"
             system.add_row(f"ready: {name}", Text(check["detail"], style=style))
-    resyncs = _resync_table(view)
-    return Group(events, system, resyncs) if resyncs is not None else Group(events, system)
+    tables = [events, system, _replica_table(view), _resync_table(view)]
+    return Group(*(table for table in tables if table is not None))
 
 
 def _readiness(url: str | None) -> dict[str, Any] | None:

@@ -1,9 +1,10 @@
-"""Periodic views of the running system: queue depths, WebSocket state, reconciliation.
+"""Periodic views of the running system: queue depths, reconciliation.
 
 Every ``AMT_GAUGE_INTERVAL_S`` the watcher reads the arq queue, the dead-lettered
 records and (through SQS) each queue and dead-letter queue depth into the
-metrics gauges, and publishes them with the WebSocket state in Redis
-(``amt:gauges``) for ``python -m amt_ingest status``.
+metrics gauges, and publishes them in Redis (``amt:gauges``) for
+``python -m amt_ingest status``. (Each replica's WebSocket state goes with its
+heartbeat: :mod:`.heartbeat`.)
 
 While both paths run it also sweeps the events seen on one path only for
 longer than ``AMT_RECONCILE_GRACE_S``: each is counted
@@ -25,7 +26,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..config import Settings
 from ..coordination import Coordinator
 from ..errors import CoordinationError
-from ..sources.websocket import WebSocketListener
 from ..telemetry import Telemetry
 
 __all__ = ["Watcher", "queue_label"]
@@ -49,7 +49,6 @@ class Watcher:
         telemetry: Telemetry,
         sqs: Any,
         queues: dict[str, str | None],
-        listener: WebSocketListener | None,
         sweep_one_path: bool,
     ):
         self.settings = settings
@@ -58,7 +57,6 @@ class Watcher:
         self.sqs = sqs
         #: Source queue URL -> its dead-letter queue URL (None if it has none).
         self.queues = queues
-        self.listener = listener
         self.sweep_one_path = sweep_one_path
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -90,15 +88,6 @@ class Watcher:
         self.telemetry.metrics.gauges.queues = depths
         published: dict[str, str | int | float] = {f"depth:{k}": v for k, v in depths.items()}
         published["updated_ms"] = int(time.time() * 1000)
-        if self.listener is not None:
-            state = self.listener.state
-            published["ws:connected"] = int(state.connected)
-            published["ws:reconnects"] = state.reconnects
-            published["ws:fatal"] = state.fatal or ""
-            since = state.connected_since if state.connected else state.disconnected_since
-            published["ws:state_for_s"] = (
-                round(time.monotonic() - since, 1) if since is not None else -1
-            )
         await self.coordinator.observations.publish_gauges(published)
         if self.sweep_one_path:
             await self.sweep()

@@ -65,6 +65,7 @@ class HandOff(Protocol):
         track_one_path: bool = False,
         turn: Turn | None = None,
         counts: Mapping[str, int] | None = None,
+        lease: str | None = None,
     ) -> list[IngestResult]: ...
 
     async def count(self, counters: Mapping[str, int]) -> None: ...

@@ -120,6 +120,7 @@ class Router:
         path: str,
         turn: Turn | None = None,
         counts: Mapping[str, int] | None = None,
+        lease: str | None = None,
     ) -> RouteReport:
         """Hand a batch off durably; raises :class:`~amt_ingest.errors.CoordinationError`
         if it was not confirmed in full (then acknowledge nothing).
@@ -127,10 +128,12 @@ class Router:
         Call it inside the batch's receive span: each event's span links to it.
         ``turn`` keeps batches routed at once in order (see
         :class:`~amt_ingest.routing.handoff.Turn`); it is done when this returns.
-        ``counts`` (from :meth:`reject`) are counted with the batch.
+        ``counts`` (from :meth:`reject`) are counted with the batch. With ``lease``
+        (the WebSocket leader's), the hand-off is refused unless that lease is
+        the current one (:class:`~amt_ingest.errors.LeaseLostError`).
         """
         try:
-            return await self._route(events, path, turn, counts)
+            return await self._route(events, path, turn, counts, lease)
         finally:
             if turn is not None:
                 turn.finish()
@@ -141,6 +144,7 @@ class Router:
         path: str,
         turn: Turn | None,
         counts: Mapping[str, int] | None,
+        lease: str | None,
     ) -> RouteReport:
         report = RouteReport()
         outcomes: Counter[tuple[str, str, str]] = Counter()
@@ -176,6 +180,7 @@ class Router:
                 track_one_path=self.track_one_path,
                 turn=turn,
                 counts=counts,
+                lease=lease,
             )
         except BaseException as exc:
             for span in spans:

@@ -171,6 +171,20 @@ class LiveStream:
         self._hungry = asyncio.Event()
         #: Set once a connection has subscribed.
         self.subscribed = asyncio.Event()
+        #: Subscriptions open now, the most ever open at once, and all there were.
+        self.subscribers = 0
+        self.max_subscribers = 0
+        self.subscriptions = 0
+
+    def joined(self) -> None:
+        """A connection subscribed (it counts until it closes: :meth:`left`)."""
+        self.subscribers += 1
+        self.subscriptions += 1
+        self.max_subscribers = max(self.max_subscribers, self.subscribers)
+        self.subscribed.set()
+
+    def left(self) -> None:
+        self.subscribers -= 1
 
     def extend(self, items: list[WsItem]) -> None:
         if not items:
@@ -269,16 +283,24 @@ class _Session:
         cursor, position = start
         self._credits = request.credits
         await ws.send(subscribed_frame(request.topics, stream.log.latest_replay_id), text=True)
-        stream.subscribed.set()
-        self._log.info(
-            "simulator.ws_subscribed",
-            topics=list(request.topics),
-            preset=request.preset,
-            replay_id=request.replay_id,
-            credits=request.credits,
-        )
-        if await self._fault(self._server.faults.on_subscribed(self.number)):
-            return
+        stream.joined()
+        try:
+            self._log.info(
+                "simulator.ws_subscribed",
+                topics=list(request.topics),
+                preset=request.preset,
+                replay_id=request.replay_id,
+                credits=request.credits,
+                subscribers=stream.subscribers,
+            )
+            if await self._fault(self._server.faults.on_subscribed(self.number)):
+                return
+            await self._serve(request, cursor, position)
+        finally:
+            stream.left()
+
+    async def _serve(self, request: Subscribe, cursor: int, position: int) -> None:
+        stream = self._server.stream
         reader = asyncio.create_task(self._read())
         stream.watch(self._wake)
         try:
@@ -711,6 +733,9 @@ class Simulator:
             "stream": {
                 "latest_replay_id": self.stream.log.latest_replay_id,
                 "entries": self.stream.log.end,
+                "subscribers": self.stream.subscribers,
+                "max_concurrent_subscribers": self.stream.max_subscribers,
+                "subscriptions": self.stream.subscriptions,
             },
             "truth": {
                 "records": len(truth),

@@ -8,7 +8,13 @@ entries are logged (the message comes back and dedup makes it a no-op). If
 Redis fails the hand-off, it is retried in place for a while (every receive
 counts towards the redrive policy, so a valid event must not bounce); then
 nothing is deleted and the messages come back a little later.
-While a batch is in flight its visibility is extended every half timeout.
+While a batch is in flight its visibility is extended every half timeout. On
+stop, a long poll in flight has a second to return, then it is cancelled; what
+it brought goes back to the queue at once (visibility 0).
+
+Every replica that runs SQS intake polls the same queues: SQS hands each message
+to one receiver at a time, and a message that two replicas receive (its
+visibility lapsed) is one event twice, which the hand-off deduplicates.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
@@ -35,6 +41,9 @@ from ..routing.router import Router
 __all__ = ["PollerState", "SqsPoller"]
 
 log = structlog.get_logger("amt_ingest.sources.sqs")
+
+#: How long a receive in flight may still take once the poller is told to stop.
+STOP_PATIENCE_S: Final = 1.0
 
 
 @dataclass
@@ -73,7 +82,8 @@ class SqsPoller:
         self.telemetry = router.telemetry
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll until ``stop`` is set; the receive in flight is awaited, its messages released."""
+        """Poll until ``stop`` is set; a receive in flight gets ``STOP_PATIENCE_S`` to
+        return, and what it brought is handed back (visibility 0)."""
         delays = self.delays()
         while not stop.is_set():
             try:
@@ -81,7 +91,7 @@ class SqsPoller:
                 if stop.is_set():
                     return
                 started_ns = time.time_ns()
-                messages = await self._receive()
+                messages = await self._receive_unless_stopped(stop)
             except (ClientError, BotoCoreError, OSError, CoordinationError) as exc:
                 self.state.consecutive_errors += 1
                 delay = next(delays)
@@ -125,6 +135,28 @@ class SqsPoller:
             kind=SpanKind.CLIENT,
             attributes=self._attributes("settle", name, count),
         )
+
+    async def _receive_unless_stopped(self, stop: asyncio.Event) -> list[dict[str, Any]]:
+        """A receive; when ``stop`` comes during its long poll, it has
+        ``STOP_PATIENCE_S`` to return (what it brings is handed back at once), then it
+        is cancelled: a stopping process does not wait out a 20 s poll."""
+        receive = asyncio.ensure_future(self._receive())
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({receive, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not receive.done():
+                await asyncio.wait({receive}, timeout=STOP_PATIENCE_S)
+        finally:
+            stopper.cancel()
+            if not receive.done():
+                # Messages SQS sent just as the poll was cancelled stay invisible for
+                # the visibility timeout, then come back: nothing is lost.
+                receive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(receive, stopper, return_exceptions=True)
+        if receive.cancelled():
+            return []
+        return receive.result()
 
     async def _receive(self) -> list[dict[str, Any]]:
         reply = await self.sqs.receive_message(

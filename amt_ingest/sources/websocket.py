@@ -39,7 +39,7 @@ from websockets.frames import CloseCode
 
 from ..config import Settings
 from ..coordination import Coordinator
-from ..errors import ConfigError, CoordinationError
+from ..errors import ConfigError, CoordinationError, LeaseLostError
 from ..policy import backoff
 from ..routing.events import (
     TOPICS,
@@ -126,10 +126,16 @@ class WebSocketListener:
         self._from_earliest = False
         # Credits asked for on subscribe; halved when a frame exceeded the size limit.
         self._credits = settings.ws_credits
+        #: The WebSocket lease this replica listens under (``"<replica> <token>"``),
+        #: set by :class:`~amt_ingest.sources.election.Election`: hand-offs and
+        #: cursor saves carry it, and Redis refuses them once it is another's.
+        self.lease: str | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Listen until ``stop`` is set. Returns early only on an unrecoverable auth error
-        or an event bigger than the frame limit (``state.fatal`` says which)."""
+        or an event bigger than the frame limit (``state.fatal`` says which); raises
+        :class:`~amt_ingest.errors.LeaseLostError` when Redis refused a hand-off
+        because the lease is another replica's (the connection is closed)."""
         delays = self.delays()
         tried: str | None = None  # a refused token, tried once more after a re-read
         while not stop.is_set():
@@ -195,6 +201,8 @@ class WebSocketListener:
             return Ended(f"HTTP {status}", http_status=status)
         except _Reconnect as exc:
             return Ended(str(exc), action=exc.action)
+        except LeaseLostError:
+            raise  # another replica leads: no reconnect
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd else None
             return Ended(
@@ -490,7 +498,7 @@ class WebSocketListener:
             else None
         )
         if events or counts:
-            await self.router.route(events, path="ws", turn=turn, counts=counts)
+            await self.router.route(events, path="ws", turn=turn, counts=counts, lease=self.lease)
         if before is not None:
             await before
         last = next((i.replay_id for i in reversed(items) if i.replay_id), None)
@@ -512,6 +520,7 @@ class WebSocketListener:
                     last,
                     position=newest.position if newest else None,
                     org=newest.org_id if newest else None,
+                    lease=self.lease,
                 )
             self.state.events_handed_off += len(events)
             if items:

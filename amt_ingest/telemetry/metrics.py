@@ -28,11 +28,13 @@ class Gauges:
     """Values the service refreshes and the observable instruments read.
 
     ``queues`` maps a queue label (``arq``, ``dead_records``, ``sqs:<name>``,
-    ``dlq:<name>``) to its depth; ``websocket`` is 1 while subscribed.
+    ``dlq:<name>``) to its depth; ``websocket`` is 1 while subscribed;
+    ``ws_leader`` is 1 while this replica holds the WebSocket lease.
     """
 
     queues: dict[str, int] = field(default_factory=dict)
     websocket: Callable[[], int] | None = None
+    ws_leader: Callable[[], int] | None = None
 
 
 class Metrics:
@@ -95,6 +97,18 @@ class Metrics:
             unit="{reconnect}",
             description="WebSocket reconnects, by reason class",
         )
+        self.ws_handovers = meter.create_counter(
+            "amt.ws.handovers",
+            unit="{handover}",
+            description="Changes of this replica's WebSocket lease, by change "
+            "(acquired, released, lost)",
+        )
+        meter.create_observable_gauge(
+            "amt.ws.leader",
+            callbacks=[self._observe_leader],
+            unit="1",
+            description="1 while this replica holds the WebSocket lease (subscribes)",
+        )
         meter.create_observable_gauge(
             "amt.websocket.connected",
             callbacks=[self._observe_websocket],
@@ -121,6 +135,11 @@ class Metrics:
         if self.gauges.websocket is None:
             return []
         return [Observation(self.gauges.websocket())]
+
+    def _observe_leader(self, _options: CallbackOptions) -> Iterable[Observation]:
+        if self.gauges.ws_leader is None:
+            return []
+        return [Observation(self.gauges.ws_leader())]
 
     def _observe_queues(self, _options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(depth, {"queue": name}) for name, depth in self.gauges.queues.items()]

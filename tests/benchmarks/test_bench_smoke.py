@@ -56,3 +56,15 @@ def test_quick_bench_sqs(tmp_path: Path) -> None:
     assert not doc["errors"]
     assert r["sqs_raw_eps"] > 0 and r["ingest_sqs_eps"] > 0
     assert r["latency_ms"]["sqs"]["events"] > 0
+
+
+def test_quick_bench_scaling(tmp_path: Path) -> None:
+    doc = _bench(tmp_path, "scaling")
+    r = doc["results"]
+    assert not doc["errors"]
+    assert set(r["scale_e2e_rps"]) == {"run", "workers_1", "workers_2"}  # --quick: 1 and 2
+    assert all(v and v > 0 for v in r["scale_e2e_rps"].values()), r["scale_e2e_rps"]
+    assert r["scale_e2e_ratio"]["run"] == 1.0
+    assert set(r["scale_sqs_eps"]) == {"consumers_1", "consumers_2"}
+    assert all(v and v > 0 for v in r["scale_sqs_eps"].values()), r["scale_sqs_eps"]
+    assert r["failover_s"]["kill"] is not None and r["failover_s"]["sigterm"] is not None

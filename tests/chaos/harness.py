@@ -2,15 +2,21 @@
 
 Everything is real and local: a moto server, a test-owned ``redis-server`` with
 an append-only file (fsync always, so every acknowledged hand-off survives its
-restart), the Passport simulator, the service (embedded worker) and a second,
-separate worker process. While the simulator streams events with duplicates,
-out-of-order and one-path deliveries, foreign orgs and malformed input, a seeded
-schedule of faults hits the service, the worker and Redis (and, with
-``--database postgres``, the database: connections refused for 5-30 s through a
-proxy). Afterwards the store must equal the simulator's ground truth.
+restart), the Passport simulator and the service's processes. In the ``single``
+mode these are the service (embedded worker) and a second, separate worker
+process; in the ``replicas`` mode, three intake replicas (``run --no-worker``:
+one holds the WebSocket lease, all poll SQS) and two workers. While the
+simulator streams events with duplicates, out-of-order and one-path
+deliveries, foreign orgs and malformed input, a seeded schedule of faults hits
+the processes (in the replicas mode: the WebSocket leader, a standby, a worker)
+and Redis (and, with ``--database postgres``, the database: connections refused
+for 5-30 s through a proxy). Afterwards the store must equal the simulator's
+ground truth, and the simulator must never have had two WebSocket
+subscriptions open at once.
 
-``python -m tests.chaos.harness --duration 150 --seed 7`` prints the figures and
-exits non-zero if anything was lost or overwritten by an older value.
+``python -m tests.chaos.harness --duration 150 --seed 7 [--mode replicas]`` prints
+the figures and exits non-zero if anything was lost or overwritten by an older
+value, or if two replicas subscribed at once.
 """
 
 from __future__ import annotations
@@ -75,6 +81,12 @@ class Report:
     converged_s: float | None = None
     final_exit: int | None = None
     examples: list[str] = field(default_factory=list)
+    mode: str = "single"
+    #: WebSocket subscriptions open at once, at most (the simulator counts them).
+    max_subscribers: int | None = None
+    subscriptions: int | None = None
+    #: Seconds from each leader kill to the next WebSocket hand-off (None: none came).
+    failovers: list[float | None] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -84,11 +96,13 @@ class Report:
             and self.converged_s is not None
             and self.final_exit == 0
             and not self.faults.get("term_service_bad_exit")
+            and not self.faults.get("term_leader_bad_exit")
+            and (self.max_subscribers is None or self.max_subscribers <= 1)
         )
 
     def lines(self) -> list[str]:
         return [
-            f"chaos seed={self.seed} duration={self.duration_s:.0f}s",
+            f"chaos mode={self.mode} seed={self.seed} duration={self.duration_s:.0f}s",
             f"  emitted            {self.emitted}",
             f"  applied (first)    {self.first} events -> {self.applied_records}/{self.truth_records} records",
             f"  duplicates         {self.duplicates}",
@@ -97,6 +111,8 @@ class Report:
             f"  dead-lettered      {dict(sorted(self.dead_letters.items()))} (+{self.dead_records} records)",
             f"  faults             {dict(sorted(self.faults.items()))}",
             f"  converged after    {self.converged_s if self.converged_s is None else round(self.converged_s, 1)}s",
+            f"  ws subscriptions   {self.subscriptions}, at most {self.max_subscribers} at once",
+            f"  failovers          {[None if f is None else round(f, 1) for f in self.failovers]}s",
             f"  lost               {self.lost}",
             f"  stale overwrites   {self.stale}",
             f"  last SIGTERM exit  {self.final_exit}",
@@ -131,9 +147,33 @@ def compare(truth: list[dict[str, Any]], store: list[dict[str, Any]]) -> tuple[i
     return lost, stale, examples
 
 
+#: The processes of each mode: name -> role (``run``, ``intake``: run --no-worker, ``worker``).
+MODES: dict[str, dict[str, str]] = {
+    "single": {"service": "run", "worker": "worker"},
+    "replicas": {
+        "replica-1": "intake",
+        "replica-2": "intake",
+        "replica-3": "intake",
+        "worker-1": "worker",
+        "worker-2": "worker",
+    },
+}
+
+
 class Chaos:
-    def __init__(self, *, seed: int, duration: float, rate: float, workdir: Path, database: str):
+    def __init__(
+        self,
+        *,
+        seed: int,
+        duration: float,
+        rate: float,
+        workdir: Path,
+        database: str,
+        mode: str = "single",
+    ):
         self.rng = random.Random(seed)
+        self.mode = mode
+        self.roles = MODES[mode]
         self.seed = seed
         self.duration = duration
         self.rate = rate
@@ -247,11 +287,39 @@ class Chaos:
             "AMT_LOG_LEVEL": "warning",
         }
 
-    def start_service(self) -> None:
-        self._spawn("service", [self.python, "-m", "amt_ingest", "run"], self.service_env())
+    def start(self, name: str) -> None:
+        """Start one of the mode's processes (again)."""
+        role = self.roles[name]
+        args = {"run": ["run"], "intake": ["run", "--no-worker"], "worker": ["worker"]}[role]
+        env = {**self.service_env(), "AMT_REPLICA_ID": name}
+        self._spawn(name, [self.python, "-m", "amt_ingest", *args], env)
 
-    def start_worker(self) -> None:
-        self._spawn("worker", [self.python, "-m", "amt_ingest", "worker"], self.service_env())
+    def leader(self) -> str | None:
+        """The replica that holds the WebSocket lease now (None: none does)."""
+        import redis
+
+        try:
+            held = redis.Redis(port=self.redis_port, socket_timeout=2).get("amt:leader:ws")
+        except redis.RedisError:
+            return None
+        return held.decode().split(" ", 1)[0].rsplit(".", 1)[0] if held else None
+
+    def _cursor(self) -> bytes | None:
+        import redis
+
+        try:
+            value = redis.Redis(port=self.redis_port, socket_timeout=2).get("amt:cursor:ws")
+        except redis.RedisError:
+            return None
+        return bytes(value) if value is not None else None
+
+    def _failover(self, killed_at: float, before: bytes | None, until: Any) -> float | None:
+        """Seconds from the kill until the cursor moves again (a WebSocket hand-off)."""
+        while time.monotonic() - killed_at < 30 and not until():
+            if self._cursor() not in (before, None):
+                return time.monotonic() - killed_at
+            time.sleep(0.05)
+        return None
 
     def amt(self, *args: str) -> str:
         out = subprocess.run(
@@ -285,8 +353,8 @@ class Chaos:
             self.queue_url, self.dlq_url = boot["queue_url"], boot["dlq_url"]
             if self.database == "postgres":
                 self._reset_postgres()
-            self.start_service()
-            self.start_worker()
+            for name in self.roles:
+                self.start(name)
             truth_path, stats_path = self.dir / "truth.jsonl", self.dir / "stats.json"
             self._spawn(
                 "simulator",
@@ -334,11 +402,13 @@ class Chaos:
                 ],
                 self.base_env,
             )
-            self._inject_faults(until=lambda: truth_path.exists(), limit=self.duration * 3 + 120)
+            self._inject_faults(
+                until=lambda: truth_path.exists(), limit=self.duration * 3 + 120, report=report
+            )
             # Faults over: everything must converge with what is left running.
-            for name, start in (("service", self.start_service), ("worker", self.start_worker)):
+            for name in self.roles:
                 if name not in self.procs:
-                    start()
+                    self.start(name)
             truth = [json.loads(line) for line in truth_path.read_text().splitlines()]
             began = time.monotonic()
             store: list[dict[str, Any]] = []
@@ -350,51 +420,109 @@ class Chaos:
                 time.sleep(2)
             report.lost, report.stale, report.examples = compare(truth, store)
             report.truth_records, report.applied_records = len(truth), len(store)
-            report.emitted = json.loads(stats_path.read_text())["generated"]["events"]
+            stats = json.loads(stats_path.read_text())
+            report.emitted = stats["generated"]["events"]
             self._counters(report)
-            report.final_exit = self._stop("service")
+            leader = self.leader() or next(iter(self.roles))
+            report.final_exit = self._stop(leader)
+            stream = self._simulator_stats()["stream"]
+            report.max_subscribers = stream["max_concurrent_subscribers"]
+            report.subscriptions = stream["subscriptions"]
         finally:
             report.faults = dict(self.faults)
-            for name in ("simulator", "service", "worker", "redis", "moto", "dbproxy"):
+            report.mode = self.mode
+            for name in ("simulator", *self.roles, "redis", "moto", "dbproxy"):
                 self._stop(name, timeout=15)
         return report
 
-    def _inject_faults(self, *, until: Any, limit: float) -> None:
+    def _simulator_stats(self) -> dict[str, Any]:
+        """The simulator's live stats (its control API), read while it still runs."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.sf_port}/simulator/stats",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            stats: dict[str, Any] = json.loads(reply.read())
+            return stats
+
+    def _inject_faults(self, *, until: Any, limit: float, report: Report) -> None:
         start = time.monotonic()
         while not until() and time.monotonic() - start < limit:
             time.sleep(self.rng.uniform(2.0, 6.0))
             if until():
                 return
-            kinds = ["kill_service", "term_service", "kill_worker", "restart_redis"]
-            weights = [4, 2, 2, 2]
-            if self.database == "postgres":
-                kinds.append("db_outage")
-                weights.append(1)
-            fault = self.rng.choices(kinds, weights)[0]
-            self.faults[fault] += 1
-            if fault == "kill_service":
-                self._stop("service", signal.SIGKILL)
-                time.sleep(self.rng.uniform(0.1, 2.0))
-                self.start_service()
-            elif fault == "term_service":
-                code = self._stop("service", signal.SIGTERM)
-                if code != 0:
-                    self.faults["term_service_bad_exit"] += 1
-                self.start_service()
-            elif fault == "kill_worker":
-                self._stop("worker", signal.SIGKILL)
-                time.sleep(self.rng.uniform(0.1, 1.0))
-                self.start_worker()
-            elif fault == "restart_redis":
-                self._stop("redis", signal.SIGKILL)
-                time.sleep(self.rng.uniform(0.2, 2.0))
-                self.start_redis()
-            else:  # the database refuses connections for a while, then comes back
-                self._stop("dbproxy", signal.SIGKILL)
-                time.sleep(self.rng.uniform(5.0, 30.0))
-                self.start_db_proxy()
+            if self.mode == "replicas":
+                self._replica_fault(until, report)
+            else:
+                self._single_fault()
         if not until():
             raise TimeoutError("the simulator did not finish")
+
+    def _common_fault(self, fault: str) -> None:
+        if fault == "restart_redis":
+            self._stop("redis", signal.SIGKILL)
+            time.sleep(self.rng.uniform(0.2, 2.0))
+            self.start_redis()
+        else:  # the database refuses connections for a while, then comes back
+            self._stop("dbproxy", signal.SIGKILL)
+            time.sleep(self.rng.uniform(5.0, 30.0))
+            self.start_db_proxy()
+
+    def _single_fault(self) -> None:
+        kinds = ["kill_service", "term_service", "kill_worker", "restart_redis"]
+        weights = [4, 2, 2, 2]
+        if self.database == "postgres":
+            kinds.append("db_outage")
+            weights.append(1)
+        fault = self.rng.choices(kinds, weights)[0]
+        self.faults[fault] += 1
+        if fault == "kill_service":
+            self._stop("service", signal.SIGKILL)
+            time.sleep(self.rng.uniform(0.1, 2.0))
+            self.start("service")
+        elif fault == "term_service":
+            code = self._stop("service", signal.SIGTERM)
+            if code != 0:
+                self.faults["term_service_bad_exit"] += 1
+            self.start("service")
+        elif fault == "kill_worker":
+            self._stop("worker", signal.SIGKILL)
+            time.sleep(self.rng.uniform(0.1, 1.0))
+            self.start("worker")
+        else:
+            self._common_fault(fault)
+
+    def _replica_fault(self, until: Any, report: Report) -> None:
+        kinds = ["kill_leader", "kill_standby", "term_leader", "kill_worker", "restart_redis"]
+        weights = [4, 2, 1, 2, 1]
+        if self.database == "postgres":
+            kinds.append("db_outage")
+            weights.append(1)
+        fault = self.rng.choices(kinds, weights)[0]
+        self.faults[fault] += 1
+        replicas = [n for n, role in self.roles.items() if role == "intake"]
+        leader = self.leader()
+        if fault in ("kill_leader", "term_leader", "kill_standby"):
+            if fault == "kill_standby":
+                name = self.rng.choice([n for n in replicas if n != leader] or replicas)
+            else:
+                name = leader if leader in replicas else self.rng.choice(replicas)
+            before = self._cursor()
+            code = self._stop(name, signal.SIGTERM if fault == "term_leader" else signal.SIGKILL)
+            stopped = time.monotonic()
+            if fault == "term_leader" and code != 0:
+                self.faults["term_leader_bad_exit"] += 1
+            if fault != "kill_standby" and name == leader:
+                report.failovers.append(self._failover(stopped, before, until))
+            time.sleep(self.rng.uniform(0.1, 1.0))
+            self.start(name)
+        elif fault == "kill_worker":
+            name = self.rng.choice([n for n, role in self.roles.items() if role == "worker"])
+            self._stop(name, signal.SIGKILL)
+            time.sleep(self.rng.uniform(0.1, 1.0))
+            self.start(name)
+        else:
+            self._common_fault(fault)
 
     def _counters(self, report: Report) -> None:
         import boto3
@@ -459,6 +587,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=30, help="events/s offered (default 30)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument(
+        "--mode",
+        choices=tuple(MODES),
+        default="single",
+        help="single: the service and a worker; replicas: 3 intake replicas and 2 workers",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="amt-chaos-"))
@@ -469,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
             rate=args.rate,
             workdir=workdir,
             database=args.database,
+            mode=args.mode,
         ).run()
     finally:
         if not args.keep:

@@ -554,16 +554,18 @@ async def test_a_run_that_lost_its_lease_cannot_write_after_its_successor(coord,
     assert row["fields"] == {"StageName": "B"}
 
 
-async def test_a_killed_workers_jobs_rerun_after_the_record_job_timeout(redis_url, tmp_path):
-    """arq reruns a job of a SIGKILLed worker only after its in-progress timeout, which
-    it derives from the longest function timeout of the worker: no function may be
-    longer than the record job's, or records wait that long."""
+async def test_a_workers_in_progress_key_lives_the_job_lease_not_the_job_timeout(
+    redis_url, tmp_path
+):
+    """arq would set a running job's in-progress key for the longest function timeout
+    + 10 s (130 s by default), and rerun a SIGKILLed worker's job only after that:
+    the workers set it for AMT_JOB_LEASE_S and renew it instead (test_leases.py)."""
     from amt_ingest.config import Settings
     from amt_ingest.jobs import build_worker, create_arq_pool
     from amt_ingest.salesforce.client import SalesforceClient
     from amt_ingest.store import Store
 
-    settings = Settings(redis_url=redis_url, job_timeout=10)
+    settings = Settings(redis_url=redis_url, job_timeout=120, job_lease_s=7)
     pool = await create_arq_pool(settings)
     salesforce = SalesforceClient("http://127.0.0.1:1", token=lambda: "unused")
     store = Store.open(f"sqlite+aiosqlite:///{tmp_path}/s.db")
@@ -576,7 +578,7 @@ async def test_a_killed_workers_jobs_rerun_after_the_record_job_timeout(redis_ur
             salesforce=salesforce,
             handle_signals=False,
         )
-        assert worker.in_progress_timeout_s == 20
+        assert worker.in_progress_timeout_s == 7
     finally:
         await pool.aclose()
         await salesforce.aclose()

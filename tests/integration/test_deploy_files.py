@@ -64,9 +64,11 @@ def test_published_ports_are_on_loopback_and_dependencies_exist() -> None:
 
 def test_commands_parse_with_the_real_command_line() -> None:
     services = compose()["services"]
-    for name in ("bootstrap", "simulator", "service"):
+    for name in ("bootstrap", "simulator", "service", "worker"):
         args = _parser().parse_args(services[name]["command"])
-        assert args.command == {"bootstrap": "bootstrap", "simulator": "simulate"}.get(name, "run")
+        expected = {"bootstrap": "bootstrap", "simulator": "simulate", "service": "run"}
+        assert args.command == expected.get(name, name)
+    assert _parser().parse_args(services["service"]["command"]).no_worker
     simulator = options_from_args(_parser().parse_args(services["simulator"]["command"]))
     assert simulator.host == "0.0.0.0"
 
@@ -97,11 +99,25 @@ def test_the_service_environment_is_valid_and_wired(monkeypatch: pytest.MonkeyPa
         f"{postgres['POSTGRES_DB']}" in settings.database_url
     )
     assert settings.redis_url.startswith("redis://redis:6379/")
-    assert f"127.0.0.1:{settings.http_port}:{settings.http_port}" in services["service"]["ports"]
+    (published,) = services["service"]["ports"]
+    host_ports, container_port = published.removeprefix("127.0.0.1:").split(":")
+    first, last = (int(p) for p in host_ports.split("-"))
+    assert int(container_port) == settings.http_port
+    # One published port per replica.
+    assert last - first + 1 == services["service"]["deploy"]["replicas"]
+    assert environment(services["worker"]) == env
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"
     assert env["OTEL_SERVICE_NAME"] == "amt_ingest"
     for name in ("bootstrap", "simulator"):
         assert environment(services[name])["AWS_ENDPOINT_URL"] == settings.aws_endpoint_url
+
+
+def test_two_intake_replicas_and_two_workers() -> None:
+    services = compose()["services"]
+    assert services["service"]["deploy"]["replicas"] == 2
+    assert services["worker"]["deploy"]["replicas"] == 2
+    assert services["worker"]["depends_on"] == services["service"]["depends_on"]
+    assert "ports" not in services["worker"]
 
 
 def test_start_order_and_durability() -> None:

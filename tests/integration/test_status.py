@@ -11,7 +11,7 @@ import sys
 import redis.asyncio as aioredis
 
 from amt_ingest.cli import main
-from amt_ingest.coordination import Coordinator
+from amt_ingest.coordination import Coordinator, Leadership
 from amt_ingest.operations.health import HealthServer
 from amt_ingest.routing.events import parse_event
 from amt_ingest.telemetry.tracing import event_trace_id
@@ -37,9 +37,13 @@ async def test_status_once_shows_what_redis_and_readyz_hold(redis_url):
     event = parse_event(load("event-opportunity-update.json"))
     await coord.handoff.ingest([event], path="ws", track_one_path=True)
     await coord.handoff.ingest([event], path="sqs", track_one_path=True)
-    await coord.observations.publish_gauges(
-        {"ws:connected": 0, "ws:state_for_s": 12.5, "ws:reconnects": 4}
+    leader = await Leadership(client, replica="r1.abc", ttl_ms=60_000).acquire()
+    assert leader is not None
+    entry = {"name": "r1", "roles": ["websocket", "sqs", "worker"], "websocket": "leader"}
+    await coord.replicas.beat(
+        "r1.abc", entry | {"connected": False, "state_for_s": 12.5, "reconnects": 4}
     )
+    await coord.replicas.beat("r2.def", entry | {"name": "r2", "websocket": "standby"})
 
     async def failing() -> tuple[bool, str]:
         return False, "websocket=down 90s sqs=failing"
@@ -63,6 +67,11 @@ async def test_status_once_shows_what_redis_and_readyz_hold(redis_url):
     assert view["one_path_pending"] == 0
     assert view["queues"]["arq"] == 1
     assert view["websocket"]["connected"] is False and view["websocket"]["reconnects"] == 4
+    assert view["websocket"]["leader"] == "r1" and view["websocket"]["leader_changes"] == 1
+    assert [(r["name"], r["leads"], r["websocket"]) for r in view["replicas"]] == [
+        ("r1", True, "leader"),
+        ("r2", False, "standby"),
+    ]
     assert view["ready"]["checks"]["sources"]["ok"] is False
 
 

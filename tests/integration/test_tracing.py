@@ -36,7 +36,7 @@ from amt_ingest.telemetry.tracing import event_trace_id
 from tests.conftest import SAMPLES
 from tests.integration.test_coordination import mark_started
 from tests.integration.test_sqs_poller import drain, make_poller
-from tests.integration.test_websocket import handed_off, rig  # noqa: F401 (fixture)
+from tests.integration.test_websocket import handed_off
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -110,7 +110,7 @@ def by_event(spans: list[ReadableSpan]) -> dict[str, list[ReadableSpan]]:
     return out
 
 
-async def test_one_event_on_both_paths_is_one_linked_trace(rig, aws_env, store, tmp_path: Path):  # noqa: F811
+async def test_one_event_on_both_paths_is_one_linked_trace(rig, aws_env, store, tmp_path: Path):
     r = await rig(events=3, records=3, seed=7)
     await r.sim.run()
     settings = r.settings(sqs_wait_seconds=0)

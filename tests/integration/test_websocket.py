@@ -341,13 +341,15 @@ class FirstFrameHeld(Router):
         self.second_done = asyncio.Event()
         self.calls = 0
 
-    async def route(self, events: Any, *, path: str, turn: Any = None, counts: Any = None) -> Any:
+    async def route(
+        self, events: Any, *, path: str, turn: Any = None, counts: Any = None, lease: Any = None
+    ) -> Any:
         self.calls += 1
         if self.calls == 1:
             if self.where == "before":
                 await self.second_called.wait()
                 await self.door.wait()
-            report = await super().route(events, path=path, turn=turn, counts=counts)
+            report = await super().route(events, path=path, turn=turn, counts=counts, lease=lease)
             if self.where == "after":
                 await self.second_done.wait()
                 await self.door.wait()
@@ -356,7 +358,7 @@ class FirstFrameHeld(Router):
             return report
         if self.calls == 2:
             self.second_called.set()
-        report = await super().route(events, path=path, turn=turn, counts=counts)
+        report = await super().route(events, path=path, turn=turn, counts=counts, lease=lease)
         if self.calls == 2:
             self.second_done.set()
         return report

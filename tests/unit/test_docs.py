@@ -367,6 +367,7 @@ def exported_metrics() -> dict[str, set[str]]:
         elif hasattr(instrument, "record"):
             instrument.record(1.0)
     metrics.gauges.websocket = lambda: 1
+    metrics.gauges.ws_leader = lambda: 1
     metrics.gauges.queues = {"arq": 1}
     samples: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(telemetry.prometheus_text().decode()):

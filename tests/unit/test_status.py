@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.console import Console
 
-from amt_ingest.operations.status import build_view, percentile, render
+from amt_ingest.operations.status import build_view, percentile, render, replica_rows
 
 
 def overview(stats: dict[str, int], **extra) -> dict:
@@ -18,6 +20,24 @@ def overview(stats: dict[str, int], **extra) -> dict:
         "one_path_pending": extra.get("pending", 0),
         "gauges": extra.get("gauges", {}),
         "throttle": extra.get("throttle", {}),
+        "replicas": extra.get("replicas", {}),
+        "ws_lease": extra.get("ws_lease"),
+        "ws_terms": extra.get("ws_terms", 0),
+    }
+
+
+def replica(name: str, websocket: str, *, beat_ago_s: float = 1.0, **more) -> dict:
+    now = int(time.time() * 1000)
+    return {
+        "name": name,
+        "host": "host-" + name,
+        "pid": 7,
+        "roles": ["websocket", "sqs", "worker"],
+        "websocket": websocket,
+        "started_ms": now - 60_000,
+        "heartbeat_ms": now - int(beat_ago_s * 1000),
+        "job_leases": 2,
+        **more,
     }
 
 
@@ -50,12 +70,15 @@ def test_rates_totals_and_one_path_by_path_and_topic():
         gauges={
             "depth:sqs:amt-ingest-monitor": "4",
             "depth:dlq:amt-ingest-monitor-dlq": "1",
-            "ws:connected": "1",
-            "ws:state_for_s": "42.0",
-            "ws:reconnects": "3",
-            "ws:fatal": "",
         },
         throttle={"mode": "pause"},
+        replicas={
+            "a.1": replica("a", "leader", connected=True, state_for_s=42.0, reconnects=3),
+            "b.1": replica("b", "standby"),
+            "c.1": replica("c", "standby", beat_ago_s=30),
+        },
+        ws_lease="a.1 7",
+        ws_terms=7,
     )
     view = build_view(after, before, 2.0, None)
     rows = {(r["path"], r["topic"]): r for r in view["events"]}
@@ -71,12 +94,41 @@ def test_rates_totals_and_one_path_by_path_and_topic():
         "sqs:amt-ingest-monitor": 4,
     }
     assert (view["retrying_records"], view["dead_records"], view["one_path_pending"]) == (2, 1, 12)
-    assert view["websocket"] == {"connected": True, "for_s": 42.0, "reconnects": 3, "fatal": None}
+    assert view["websocket"] == {
+        "leader": "a",
+        "connected": True,
+        "for_s": 42.0,
+        "reconnects": 3,
+        "fatal": None,
+        "leader_changes": 7,
+    }
+    assert [(r["name"], r["leads"], r["silent"]) for r in view["replicas"]] == [
+        ("a", True, False),
+        ("b", False, False),
+        ("c", False, True),
+    ]
     assert view["throttle"] == "pause"
-    console = Console(width=120, record=True)
+    console = Console(width=160, record=True)
     console.print(render(view))
     text = console.export_text()
-    assert "p50 200 ms, p99 5000 ms" in text and "connected for 42s" in text
+    assert "p50 200 ms, p99 5000 ms" in text and "connected for 42s via a" in text
+    assert "LEADER" in text and "30s ago SILENT" in text
+
+
+def test_no_leader_is_shown_when_every_websocket_replica_stands_by():
+    view = build_view(overview({}, replicas={"b.1": replica("b", "standby")}), None, 0.0, None)
+    assert view["websocket"]["leader"] is None
+    console = Console(width=160, record=True)
+    console.print(render(view))
+    assert "NO LEADER" in console.export_text()
+
+
+def test_a_lease_held_by_a_replica_without_an_entry_leads_nobody_listed():
+    # A leader killed a moment ago: its lease lives on for a few seconds, its entry too.
+    rows = replica_rows(
+        {"b.1": replica("b", "standby")}, "gone.9 4", now_ms=int(time.time() * 1000)
+    )
+    assert [r["leads"] for r in rows] == [False]
 
 
 def test_first_reading_has_totals_but_no_rates():

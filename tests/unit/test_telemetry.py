@@ -133,6 +133,9 @@ def test_otel_settings_are_validated_with_their_names(monkeypatch):
         ({"ws_connected": True, "ws_fatal": "token refused"}, False),
         ({"ws_enabled": False, "sqs_ok": True}, True),
         ({"ws_enabled": False, "sqs_enabled": False}, False),
+        ({"ws_standby": True}, True),  # another replica leads; this one serves SQS, or waits
+        ({"ws_standby": True, "sqs_enabled": False}, True),
+        ({"ws_standby": True, "ws_fatal": "token refused"}, False),
     ],
 )
 def test_readiness_of_the_sources(kwargs, ready):
@@ -149,6 +152,8 @@ def test_readiness_of_the_sources(kwargs, ready):
     assert ok is ready, detail
     if not ready:
         assert "no SQS poll" in detail
+    if kwargs.get("ws_standby") and not kwargs.get("ws_fatal"):
+        assert detail.startswith("websocket=standby")
 
 
 TOKEN = "pp-live-9f8e7d6c5b4a"
