@@ -36,11 +36,13 @@ check: lint typecheck test
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .local
 
-## chaos: one randomized fault run (SIGKILL, SIGTERM, Redis restarts): CHAOS_SECONDS of events, CHAOS_SEED
+## chaos: one randomized fault run (SIGKILL, SIGTERM, Redis restarts): CHAOS_SECONDS of events, CHAOS_SEED;
+## CHAOS_MODE=replicas: 3 intake replicas and 2 workers, leaders, standbys and workers killed
 CHAOS_SECONDS ?= 120
 CHAOS_SEED ?= 1
+CHAOS_MODE ?= single
 chaos: $(STAMP)
-	$(BIN)/python -m tests.chaos.harness --duration $(CHAOS_SECONDS) --seed $(CHAOS_SEED)
+	$(BIN)/python -m tests.chaos.harness --duration $(CHAOS_SECONDS) --seed $(CHAOS_SEED) --mode $(CHAOS_MODE)
 
 ## bench: throughput, latency, coalescing and memory against same-run references; writes bench.json
 bench: $(STAMP)

@@ -5,7 +5,10 @@ enqueue, no-op worker), ``ws`` (bare WebSocket client, then the service's
 WebSocket intake), ``sqs`` (bare receive+delete, then the service's SQS intake),
 ``e2e_sqlite``, ``e2e_postgres`` (records applied per second), ``latency_ws``,
 ``latency_sqs`` (commit to store at a fixed offered load), ``coalesce`` (store
-writes per event on hot records), ``rss`` (memory under overload).
+writes per event on hot records), ``rss`` (memory under overload), ``scaling``
+(records applied with 1, 2 and 4 worker processes, SQS intake with 1 and 2
+consumers, as ratios to one process; the time a killed or stopped WebSocket
+leader takes to be replaced).
 """
 
 from __future__ import annotations
@@ -43,9 +46,12 @@ PHASES = (
     "latency_sqs",
     "coalesce",
     "rss",
+    "scaling",
 )
 
 P99_LIMIT_MS = 100.0
+#: A killed WebSocket leader replaced within this (the lease TTL plus one reconnect).
+FAILOVER_LIMIT_S = 10.0
 
 
 def _phase(bench: Bench, name: str) -> Callable[[], Awaitable[None]]:
@@ -118,6 +124,13 @@ def targets(r: dict[str, Any]) -> list[Target]:
         Target("coalesce_ratio <= 0.05", r.get("coalesce_ratio"), "<=", 0.05),
         Target("rss_mb <= 200 under overload", r.get("rss_mb"), "<=", 200.0, "MB"),
         Target(
+            f"killed WebSocket leader replaced <= {FAILOVER_LIMIT_S:g} s",
+            (r.get("failover_s") or {}).get("kill"),
+            "<=",
+            FAILOVER_LIMIT_S,
+            "s",
+        ),
+        Target(
             "rss flat (last half max <= first half max + 10%)",
             None if rss_flat is None else float(rss_flat),
             ">=",
@@ -154,7 +167,7 @@ def _num(value: float | None, unit: str = "") -> str:
         text = f"{value:.1f}"
     else:
         text = f"{value:.3f}"
-    return f"{text} {unit}".rstrip() if unit in ("ms", "MB") else text
+    return f"{text} {unit}".rstrip() if unit in ("ms", "MB", "s") else text
 
 
 def report(doc: dict[str, Any]) -> str:
@@ -219,7 +232,13 @@ def report(doc: dict[str, Any]) -> str:
         ("ws_parse_eps (reference)", _num(r.get("ws_parse_eps")), "events/s, + event parser"),
         ("sqs_raw_eps (reference)", _num(r.get("sqs_raw_eps")), "messages/s"),
     ]
+    measured += _scaling_rows(r)
     ratio_rows = [(name, _num(value, "ratio")) for name, value in q.items()]
+    for family, label in (("scale_e2e_ratio", "e2e_rps PostgreSQL"), ("scale_sqs_ratio", "SQS")):
+        for shape, value in (r.get(family) or {}).items():
+            ratio_rows.append(
+                (f"{label} {shape.replace('_', ' ')}/one process", _num(value, "ratio"))
+            )
     target_rows = [(t["name"], _num(t["value"], t["unit"]), t["verdict"]) for t in doc["targets"]]
     return "\n\n".join(
         [
@@ -228,6 +247,24 @@ def report(doc: dict[str, Any]) -> str:
             format_table(("target", "value", "result"), target_rows),
         ]
     )
+
+
+def _scaling_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    for shape, value in (r.get("scale_e2e_rps") or {}).items():
+        what = "one run process" if shape == "run" else f"intake + {shape.split('_')[1]} worker(s)"
+        rows.append((f"scaling e2e_rps PostgreSQL, {what}", _num(value), "records applied/s"))
+    for shape, value in (r.get("scale_sqs_eps") or {}).items():
+        rows.append(
+            (f"scaling SQS intake, {shape.split('_')[1]} consumer(s)", _num(value), "events/s")
+        )
+    failover = r.get("failover_s") or {}
+    for how, label in (("kill", "SIGKILL"), ("sigterm", "SIGTERM")):
+        if how in failover:
+            rows.append(
+                (f"failover, leader {label}", _num(failover[how], "s"), "s to the next hand-off")
+            )
+    return rows
 
 
 def machine() -> dict[str, Any]:

@@ -29,6 +29,7 @@ from . import references
 from .measure import flatness, percentile, rate_from_samples, rate_from_times
 from .otlp import OtlpReceiver, delta
 from .profile import summarise
+from .scaling import scaling
 from .stack import TOKEN, Proc, Stack, cpu_seconds, rss_mb
 
 __all__ = ["FULL", "QUICK", "Bench", "Sizes"]
@@ -57,6 +58,10 @@ class Sizes:
     rss_s: float = 16.0
     rss_records: int = 60_000
     overload_factor: float = 10.0
+    scale_events: int = 12_000
+    scale_workers: tuple[int, ...] = (1, 2, 4)
+    scale_sqs_events: int = 300
+    failover_rate: float = 200.0
 
 
 FULL = Sizes()
@@ -76,6 +81,10 @@ QUICK = Sizes(
     coalesce_events=100,
     rss_s=2.0,
     rss_records=2_000,
+    scale_events=300,
+    scale_workers=(1, 2),
+    scale_sqs_events=40,
+    failover_rate=50.0,
 )
 
 #: Offered SQS rate for the latency phase when the SQS reference was not measured.
@@ -83,11 +92,9 @@ FALLBACK_SQS_RATE = 20.0
 #: Offered overload when the PostgreSQL e2e figure was not measured.
 FALLBACK_OVERLOAD_RATE = 5_000.0
 LATENCY_SEED = 61
-#: Seconds a stopped service gets to exit before it is killed. With SQS pollers it
-#: waits for the long poll in flight (up to ``AMT_SQS_WAIT_SECONDS``, 20 s by
-#: design): that is not measured, so those are killed sooner.
+#: Seconds a stopped service gets to exit before it is killed (a service stops in
+#: about a second: an SQS long poll in flight gets one second to return).
 STOP_PATIENCE_S = 5.0
-STOP_PATIENCE_SQS_S = 1.0
 
 
 class Bench:
@@ -105,7 +112,7 @@ class Bench:
 
     # -- helpers ------------------------------------------------------------------------
 
-    async def _follow(
+    async def follow(
         self,
         read: Callable[[], Awaitable[int]],
         *,
@@ -146,13 +153,12 @@ class Bench:
             await asyncio.sleep(interval)
         return samples
 
-    async def _stop(self, *procs: Proc) -> None:
+    async def stop(self, *procs: Proc) -> None:
         """SIGTERM; a service that takes longer than :data:`STOP_PATIENCE_S` is killed
         (how it shuts down is not measured here, but it is noted)."""
         for proc in procs:
             started = time.perf_counter()
-            sqs = "sqs" in proc.name and proc.name.startswith("service")
-            code = await proc.stop(patience=STOP_PATIENCE_SQS_S if sqs else STOP_PATIENCE_S)
+            code = await proc.stop(patience=STOP_PATIENCE_S)
             if proc.name.startswith("service"):
                 took = round(time.perf_counter() - started, 1)
                 self.details.setdefault("service_stops", {})[proc.name] = {
@@ -160,8 +166,12 @@ class Bench:
                     "exit_code": code,
                 }
 
-    def _service_env(self, name: str, **kwargs: Any) -> dict[str, str]:
+    def service_env(self, name: str, **kwargs: Any) -> dict[str, str]:
         return self.stack.service_env(name=name, **kwargs)
+
+    async def scaling(self) -> None:
+        """More processes of a role, as ratios to one (:mod:`benchmarks.scaling`)."""
+        await scaling(self)
 
     # -- references: arq ------------------------------------------------------------------
 
@@ -199,7 +209,7 @@ class Bench:
             )
             database = self.stack.sqlite_url("ingest-ws")
             await self.stack.reset_database(database)
-            env = self._service_env(
+            env = self.service_env(
                 "service-ingest-ws", database_url=database, ws_url=sim.ws_url, sf_url=sim.sf_url
             )
             otlp_before = self.otlp.snapshot()
@@ -212,7 +222,7 @@ class Bench:
                 usage.start_soon()
 
             try:
-                samples = await self._follow(
+                samples = await self.follow(
                     lambda: self.stack.routed("ws"),
                     proc=service,
                     expected=n,
@@ -223,7 +233,7 @@ class Bench:
                 spy.stop()
             finally:
                 spy.stop()
-                await self._stop(service)
+                await self.stop(service)
             self.results["ingest_eps"] = rate_from_samples(samples)
             self.details["ingest_ws"] = {
                 "backlog_events": n,
@@ -240,14 +250,14 @@ class Bench:
                 "service-ingest-ws-untraced", env | {"OTEL_SDK_DISABLED": "true"}, worker=False
             )
             try:
-                untraced_samples = await self._follow(
+                untraced_samples = await self.follow(
                     lambda: self.stack.routed("ws"),
                     proc=untraced,
                     expected=n,
                     window=self.sizes.ws_window_s,
                 )
             finally:
-                await self._stop(untraced)
+                await self.stop(untraced)
             self.results["ingest_eps_untraced"] = rate_from_samples(untraced_samples)
             if spy.output is not None and spy.output.exists():
                 self.details["profile_ws_ingest"] = {
@@ -256,7 +266,7 @@ class Bench:
                     **summarise(spy.output).as_dict(),
                 }
         finally:
-            await self._stop(sim.proc)
+            await self.stop(sim.proc)
 
     # -- SQS: bare calls, then the service's intake ---------------------------------------
 
@@ -289,7 +299,7 @@ class Bench:
         await idle.start()
         database = self.stack.sqlite_url("ingest-sqs")
         await self.stack.reset_database(database)
-        env = self._service_env(
+        env = self.service_env(
             "service-ingest-sqs",
             database_url=database,
             ws_url=idle.ws_url,
@@ -300,7 +310,7 @@ class Bench:
         service = self.stack.service("service-ingest-sqs", env, worker=False)
         usage = _Usage(self.stack, service.pid)
         try:
-            samples = await self._follow(
+            samples = await self.follow(
                 lambda: self.stack.routed("sqs"),
                 proc=service,
                 expected=n,
@@ -311,7 +321,7 @@ class Bench:
             )
             await usage.stop()
         finally:
-            await self._stop(service)
+            await self.stop(service)
             await idle.stop()
         self.results["ingest_sqs_eps"] = rate_from_samples(samples)
         self.details["ingest_sqs"] = {
@@ -336,12 +346,12 @@ class Bench:
             wait_complete=True,
         )
         name = f"service-e2e-{database}"
-        env = self._service_env(name, database_url=url, ws_url=sim.ws_url, sf_url=sim.sf_url)
+        env = self.service_env(name, database_url=url, ws_url=sim.ws_url, sf_url=sim.sf_url)
         otlp_before = self.otlp.snapshot()
         service = self.stack.service(name, env, worker=True)
         usage = _Usage(self.stack, service.pid)
         try:
-            samples = await self._follow(
+            samples = await self.follow(
                 lambda: self.stack.store_count(url),
                 proc=service,
                 expected=n,
@@ -351,7 +361,7 @@ class Bench:
             )
             await usage.stop()
         finally:
-            await self._stop(service, sim.proc)
+            await self.stop(service, sim.proc)
         rows = await self.stack.store_rows(url)
         self.results.setdefault("e2e_rps", {})[database] = rate_from_times([row[0] for row in rows])
         self.details[f"e2e_{database}"] = {
@@ -389,7 +399,7 @@ class Bench:
             ),
         )
         name = f"service-latency-{path}"
-        env = self._service_env(
+        env = self.service_env(
             name, database_url=url, ws_url=sim.ws_url, sf_url=sim.sf_url, queue_urls=queue_urls
         )
         otlp_before = self.otlp.snapshot()
@@ -413,7 +423,7 @@ class Bench:
                 await asyncio.sleep(0.25)
             await usage.stop()
         finally:
-            await self._stop(service, sim.proc)
+            await self.stop(service, sim.proc)
         generated = orjson.loads(sim.stats.read_bytes())["generated"]["events"]
         rows = await self.stack.store_rows(url)
         handoff = await self._handoff_split(rows, events=n, records=n, seed=LATENCY_SEED)
@@ -512,7 +522,7 @@ class Bench:
                     give_up_after=60 + seconds * 3,
                 )
             finally:
-                await self._stop(sim.proc)
+                await self.stop(sim.proc)
             # Nothing of this run may reach the service's: polls abandoned at the
             # end (1 s long) are over, then the queue is emptied.
             await asyncio.sleep(1.2)
@@ -539,7 +549,7 @@ class Bench:
             wait_complete=True,
         )
         truth = [orjson.loads(line) for line in sim.truth.read_bytes().splitlines()]
-        env = self._service_env(
+        env = self.service_env(
             "service-coalesce", database_url=url, ws_url=sim.ws_url, sf_url=sim.sf_url
         )
         service = self.stack.service("service-coalesce", env, worker=True)
@@ -554,7 +564,7 @@ class Bench:
                     raise service.exited()
                 await asyncio.sleep(0.5)
         finally:
-            await self._stop(service, sim.proc)
+            await self.stop(service, sim.proc)
         writes = await self.stack.store_writes(url)
         self.results["coalesce_ratio"] = writes / n if converged is not None else None
         self.details["coalesce"] = {
@@ -584,14 +594,14 @@ class Bench:
                 rate=f"{rate:.1f}",
             ),
         )
-        env = self._service_env(
+        env = self.service_env(
             "service-rss", database_url=url, ws_url=sim.ws_url, sf_url=sim.sf_url
         )
         service = self.stack.service("service-rss", env, worker=True)
         samples: list[tuple[float, float]] = []
         depth: list[int] = []
         try:
-            await self._follow(
+            await self.follow(
                 lambda: self.stack.routed("ws"),
                 proc=service,
                 expected=1,
@@ -609,7 +619,7 @@ class Bench:
             accepted = await self.stack.routed("ws") - first_accepted
             elapsed = time.perf_counter() - began
         finally:
-            await self._stop(service, sim.proc)
+            await self.stop(service, sim.proc)
         applied = await self.stack.store_count(url)
         shape = flatness(samples)
         self.results["rss_mb"] = shape.peak if shape else None

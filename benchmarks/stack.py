@@ -273,11 +273,17 @@ class Stack:
             await _wait(stats.exists, within, f"{name} to generate its events", proc)
         return sim
 
-    def service(self, name: str, env: dict[str, str], *, worker: bool) -> Proc:
-        args = [self.python, "-m", "amt_ingest", "run"]
+    def service(
+        self, name: str, env: dict[str, str], *, worker: bool, extra: Sequence[str] = ()
+    ) -> Proc:
+        args = [self.python, "-m", "amt_ingest", "run", *extra]
         if not worker:
             args.append("--no-worker")
         return self.spawn(name, args, env)
+
+    def worker(self, name: str, env: dict[str, str]) -> Proc:
+        """A ``python -m amt_ingest worker`` process."""
+        return self.spawn(name, [self.python, "-m", "amt_ingest", "worker"], env)
 
     async def stop_all(self) -> None:
         for proc in reversed(self.procs):
