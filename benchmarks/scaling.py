@@ -24,7 +24,7 @@ from amt_ingest.simulator import Simulator, SimulatorOptions
 
 from . import references
 from .measure import rate_from_samples, rate_from_times
-from .stack import TOKEN, Proc, cpu_seconds
+from .stack import TOKEN, Proc, cpu_seconds, postgres_cpu_seconds
 
 if TYPE_CHECKING:
     from .phases import Bench
@@ -42,11 +42,11 @@ async def scaling(bench: Bench) -> None:
 
 
 class _Cpu:
-    """CPU cores used by some processes and by Redis between two instants."""
+    """CPU cores used by some processes, by Redis and by PostgreSQL between two instants."""
 
     def __init__(self, bench: Bench, procs: Sequence[Proc]) -> None:
         self.bench, self.procs = bench, list(procs)
-        self.start: tuple[float, list[float | None], float] | None = None
+        self.start: tuple[float, list[float | None], float, float] | None = None
         self.cores: dict[str, float | None] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -59,6 +59,7 @@ class _Cpu:
             time.perf_counter(),
             [cpu_seconds(p.pid) for p in self.procs],
             await self.bench.stack.redis_cpu_seconds(),
+            postgres_cpu_seconds(),
         )
 
     async def end(self) -> dict[str, float | None]:
@@ -66,13 +67,14 @@ class _Cpu:
             await self._task
         if self.start is None:
             return {}
-        t0, before, redis0 = self.start
+        t0, before, redis0, postgres0 = self.start
         elapsed = time.perf_counter() - t0
         after = [cpu_seconds(p.pid) for p in self.procs]
         redis1 = await self.bench.stack.redis_cpu_seconds()
         for proc, b, a in zip(self.procs, before, after, strict=True):
             self.cores[proc.name] = None if a is None or b is None else round((a - b) / elapsed, 2)
         self.cores["redis"] = round((redis1 - redis0) / elapsed, 2)
+        self.cores["postgres"] = round((postgres_cpu_seconds() - postgres0) / elapsed, 2)
         return self.cores
 
 

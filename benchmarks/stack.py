@@ -37,6 +37,7 @@ __all__ = [
     "Stack",
     "cpu_seconds",
     "free_port",
+    "postgres_cpu_seconds",
     "rss_mb",
 ]
 
@@ -75,6 +76,24 @@ def cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def postgres_cpu_seconds() -> float:
+    """User + system CPU time of every process named ``postgres`` (the server and
+    its backends) on this machine; a backend that exits between two readings
+    takes its time with it, so measure while the pools stay connected."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, tail = (entry / "stat").read_text(encoding="ascii").rsplit(")", 1)
+        except (OSError, ValueError):
+            continue
+        if head.endswith("(postgres"):
+            fields = tail.split()
+            total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return total
 
 
 @dataclass
