@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +33,7 @@ from amt_ingest.telemetry import configure_logging
 
 from .measure import Target, format_table
 from .otlp import OtlpReceiver
-from .phases import FULL, QUICK, Bench
+from .phases import FULL, QUICK, REPEATED, Bench
 from .stack import DEFAULT_POSTGRES_URL, DEFAULT_REDIS_URL, Stack
 
 __all__ = ["PHASES", "main", "targets"]
@@ -76,6 +78,9 @@ def ratios(r: dict[str, Any]) -> dict[str, float | None]:
         "ingest_eps/ws_raw_eps": _ratio(r.get("ingest_eps"), r.get("ws_raw_eps")),
         "ingest_eps/ws_parse_eps": _ratio(r.get("ingest_eps"), r.get("ws_parse_eps")),
         "ingest_eps/ingest_eps_untraced": _ratio(r.get("ingest_eps"), r.get("ingest_eps_untraced")),
+        "ingest_eps_untraced/ws_parse_eps": _ratio(
+            r.get("ingest_eps_untraced"), r.get("ws_parse_eps")
+        ),
         "ingest_sqs_eps/sqs_raw_eps": _ratio(r.get("ingest_sqs_eps"), r.get("sqs_raw_eps")),
         "e2e_rps_postgres/arq_noop_jps": _ratio(e2e.get("postgres"), r.get("arq_noop_jps")),
         "e2e_rps_sqlite/arq_noop_jps": _ratio(e2e.get("sqlite"), r.get("arq_noop_jps")),
@@ -83,15 +88,22 @@ def ratios(r: dict[str, Any]) -> dict[str, float | None]:
 
 
 def targets(r: dict[str, Any]) -> list[Target]:
-    """The targets of issue 7, from one run's results."""
+    """The targets (issue 7, raised by issue 15), from one run's results."""
     q = ratios(r)
     latency = r.get("latency_ms") or {}
     ws_lat, sqs_lat = latency.get("ws") or {}, latency.get("sqs") or {}
     rss_flat = r.get("rss_flat")
     return [
-        Target("ingest_eps >= 10,000", r.get("ingest_eps"), ">=", 10_000),
+        Target("ingest_eps >= 20,000", r.get("ingest_eps"), ">=", 20_000),
         Target(
-            "ingest_eps >= 3 x arq_enqueue_eps", q["ingest_eps/arq_enqueue_eps"], ">=", 3.0, "ratio"
+            "ingest_eps >= 6 x arq_enqueue_eps", q["ingest_eps/arq_enqueue_eps"], ">=", 6.0, "ratio"
+        ),
+        Target(
+            "ingest_eps untraced >= 0.7 x ws_parse_eps",
+            q["ingest_eps_untraced/ws_parse_eps"],
+            ">=",
+            0.7,
+            "ratio",
         ),
         Target(
             "ingest_sqs_eps >= 0.9 x sqs_raw_eps",
@@ -240,9 +252,28 @@ def report(doc: dict[str, Any]) -> str:
                 (f"{label} {shape.replace('_', ' ')}/one process", _num(value, "ratio"))
             )
     target_rows = [(t["name"], _num(t["value"], t["unit"]), t["verdict"]) for t in doc["targets"]]
+    m = doc.get("machine") or {}
+    machine_rows = [
+        ("cpu", f"{m.get('cpu_model', '?')} x {m.get('nproc', '?')}"),
+        ("python", str(m.get("python", "?"))),
+        *((name, value) for name, value in (m.get("accelerators") or {}).items()),
+        ("redis / postgresql", f"{m.get('redis', '?')} / {m.get('postgresql', '?')}"),
+        ("load before / after", f"{m.get('loadavg_before', '?')} / {m.get('loadavg_after', '?')}"),
+    ]
+    spread_rows = _spread_rows(doc.get("spread") or {})
     return "\n\n".join(
         [
+            format_table(("machine", ""), machine_rows),
             format_table(("measured", "value", "unit"), measured),
+            *(
+                [
+                    format_table(
+                        ("spread over the runs", "min", "median", "max", "runs"), spread_rows
+                    )
+                ]
+                if spread_rows
+                else []
+            ),
             format_table(("ratio", "value"), ratio_rows),
             format_table(("target", "value", "result"), target_rows),
         ]
@@ -267,6 +298,103 @@ def _scaling_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+Leaf = tuple[str, ...]
+
+
+def leaves(tree: dict[str, Any], prefix: Leaf = ()) -> dict[Leaf, float]:
+    """Every number in a results tree, by its path of keys."""
+    out: dict[Leaf, float] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(leaves(value, (*prefix, key)))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[(*prefix, key)] = value
+    return out
+
+
+def settle_repeats(
+    results: dict[str, Any], before: dict[Leaf, float], runs: list[dict[Leaf, float]]
+) -> dict[str, list[float]]:
+    """Set each figure the repeated runs of a phase wrote to its median over the
+    runs; return every run's value of each, by dotted name."""
+    spread: dict[str, list[float]] = {}
+    written = {path for run in runs for path, value in run.items() if before.get(path) != value}
+    for path in sorted(written):
+        values = [run[path] for run in runs if path in run]
+        if len(values) < 2:
+            continue
+        node = results
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = statistics.median(values)
+        spread[".".join(path)] = values
+    return spread
+
+
+#: The figures whose spread is printed (dotted names; latency: its p50, p99 and max).
+SPREAD_SHOWN = (
+    "ingest_eps",
+    "ingest_eps_untraced",
+    "e2e_rps.postgres",
+    "e2e_rps.sqlite",
+    "latency_ms.ws.p50",
+    "latency_ms.ws.p99",
+    "latency_ms.ws.max",
+    "arq_enqueue_eps",
+    "arq_noop_jps",
+    "ws_raw_eps",
+    "ws_parse_eps",
+)
+
+
+SPREAD_HEADER = ("spread over the runs", "min", "median", "max", "runs")
+
+
+def _spread_rows(spread: dict[str, list[float]]) -> list[tuple[str, str, str, str, str]]:
+    rows = []
+    for name in SPREAD_SHOWN:
+        values = spread.get(name)
+        if values:
+            rows.append(
+                (
+                    name,
+                    _num(min(values)),
+                    _num(statistics.median(values)),
+                    _num(max(values)),
+                    str(len(values)),
+                )
+            )
+    return rows
+
+
+def accelerators() -> dict[str, str]:
+    """The C accelerators this process would load: hiredis (redis-py's parser),
+    orjson, uvloop (the service runs asyncio's own loop; uvloop is reported only
+    if installed)."""
+    out: dict[str, str] = {}
+    try:
+        from redis.utils import HIREDIS_AVAILABLE
+
+        out["hiredis"] = _version_of("hiredis") if HIREDIS_AVAILABLE else "not loaded"
+    except ImportError:
+        out["hiredis"] = "not loaded"
+    out["orjson"] = _version_of("orjson")
+    if importlib.util.find_spec("uvloop") is not None:
+        out["uvloop"] = _version_of("uvloop") + " (installed, not used)"
+    else:
+        out["uvloop"] = "not installed (asyncio's loop)"
+    return out
+
+
+def _version_of(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
 def machine() -> dict[str, Any]:
     model = "?"
     try:
@@ -279,8 +407,10 @@ def machine() -> dict[str, Any]:
     return {
         "nproc": os.cpu_count(),
         "cpu_model": model,
-        "python": platform.python_version(),
+        "python": f"{platform.python_version()} ({platform.python_implementation()},"
+        f" {platform.python_compiler()})",
         "platform": platform.platform(),
+        "accelerators": accelerators(),
     }
 
 
@@ -299,18 +429,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     load_before = os.getloadavg()
     timings: dict[str, float] = {}
+    spread: dict[str, list[float]] = {}
     try:
         await stack.ensure_postgres_database()
         versions = await stack.versions()
         for name in phases:
             t0 = time.perf_counter()
-            print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-            try:
-                await _phase(bench, name)()
-            except Exception as exc:  # a failed phase is reported; the others still run
-                bench.errors[name] = f"{type(exc).__name__}: {exc}"
-                print(f"[bench] {name} failed: {bench.errors[name]}", file=sys.stderr)
-                await stack.stop_all()
+            repeats = sizes.repeats if name in REPEATED else 1
+            before = leaves(bench.results)
+            runs = []
+            for n in range(repeats):
+                note = f" ({n + 1} of {repeats})" if repeats > 1 else ""
+                print(f"[bench] {name}{note} ...", file=sys.stderr, flush=True)
+                try:
+                    await _phase(bench, name)()
+                except Exception as exc:  # a failed phase is reported; the others still run
+                    bench.errors[name] = f"{type(exc).__name__}: {exc}"
+                    print(f"[bench] {name} failed: {bench.errors[name]}", file=sys.stderr)
+                    await stack.stop_all()
+                runs.append(leaves(bench.results))
+            spread.update(settle_repeats(bench.results, before, runs))
             timings[name] = round(time.perf_counter() - t0, 1)
     finally:
         await stack.close()
@@ -323,6 +461,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             {**asdict(t), "unit": t.note, "passed": t.passed, "verdict": t.verdict}
             for t in targets(results)
         ],
+        "spread": spread,
         "details": bench.details,
         "errors": bench.errors,
         "phase_seconds": timings,

@@ -62,7 +62,13 @@ class Sizes:
     scale_workers: tuple[int, ...] = (1, 2, 4)
     scale_sqs_events: int = 300
     failover_rate: float = 200.0
+    #: Runs of each phase of :data:`REPEATED` in one bench: figures are their
+    #: medians, and the bench prints the spread.
+    repeats: int = 3
 
+
+#: Phases run ``Sizes.repeats`` times (the figures the targets rest on, and their references).
+REPEATED: tuple[str, ...] = ("arq", "ws", "e2e_sqlite", "e2e_postgres", "latency_ws")
 
 FULL = Sizes()
 QUICK = Sizes(
@@ -82,6 +88,7 @@ QUICK = Sizes(
     rss_s=2.0,
     rss_records=2_000,
     scale_events=300,
+    repeats=1,
     scale_workers=(1, 2),
     scale_sqs_events=40,
     failover_rate=50.0,

@@ -20,21 +20,20 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, get_current_span
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, get_current_span
 
 from ..policy import org_allowed
-from ..telemetry import Telemetry
-from ..telemetry.logs import batched_lines
+from ..telemetry import EventSpans, Telemetry
+from ..telemetry.logs import batched_lines, log_lines
 from ..telemetry.tracing import (
     MESSAGING_SYSTEM,
     ROOT,
     decode_context,
-    encode_context,
     event_trace_id,
     next_trace_id,
-    span_ids,
 )
 from .events import Event, Rejected
 from .handoff import DeadLetterSink, HandOff, IngestResult, Turn
@@ -148,17 +147,16 @@ class Router:
     ) -> RouteReport:
         report = RouteReport()
         outcomes: Counter[tuple[str, str, str]] = Counter()
+        spans = self.telemetry.spans
         batch = get_current_span().get_span_context()
-        batch_links = [Link(batch)] if batch.is_valid else []
         kept, filtered = split_by_org(events, await self.orgs.allowed())
         if filtered:
             more = Counter(f"filtered:{path}:{e.topic}" for e in filtered)
             await self.handoff.count(more + Counter(counts or {}))
             counts = None
             for event in filtered:
-                span = self._start_span(event, path, batch_links)
-                span.set_attribute("amt.outcome", "filtered")
-                span.end()
+                span = _open(spans, batch, path, event)
+                spans.close(span, "filtered")
                 log.info(
                     "event_filtered",
                     event_id=event.event_id,
@@ -166,12 +164,12 @@ class Router:
                     topic=event.topic,
                     path=path,
                     outcome="filtered",
-                    **span_ids(span),
+                    **spans.ids(span),
                 )
                 outcomes[(path, event.topic, "filtered")] += 1
             report.outcomes["filtered"] += len(filtered)
-        spans = [self._start_span(event, path, batch_links) for event in kept]
-        contexts = [encode_context(span.get_span_context()) for span in spans]
+        opened = [_open(spans, batch, path, event) for event in kept]
+        contexts = [spans.context(span) for span in opened]
         try:
             results = await self.handoff.ingest(
                 kept,
@@ -183,12 +181,11 @@ class Router:
                 lease=lease,
             )
         except BaseException as exc:
-            for span in spans:
-                span.set_status(Status(StatusCode.ERROR, f"hand-off failed: {exc}"))
-                span.end()
+            for span in opened:
+                spans.close(span, "", error=f"hand-off failed: {exc}")
             raise
         with batched_lines():
-            self._finish(kept, results, spans, contexts, path, report, outcomes)
+            self._finish(kept, results, opened, contexts, path, report, outcomes)
         self.telemetry.metrics.count_events(outcomes)
         return report
 
@@ -196,7 +193,7 @@ class Router:
         self,
         kept: list[Event],
         results: list[IngestResult],
-        spans: list[Span],
+        opened: list[Any],
         contexts: list[str],
         path: str,
         report: RouteReport,
@@ -204,24 +201,31 @@ class Router:
     ) -> None:
         """Each handed-off event's outcome: its span ended, its line logged."""
         metrics = self.telemetry.metrics
-        for event, result, span, context in zip(kept, results, spans, contexts, strict=True):
-            report.outcomes[result.outcome] += 1
+        spans = self.telemetry.spans
+        lines = []
+        for event, result, span, context in zip(kept, results, opened, contexts, strict=True):
+            outcome = result.outcome
+            report.outcomes[outcome] += 1
             report.scheduled += result.scheduled
-            outcomes[(path, event.topic, result.outcome)] += 1
-            span.set_attribute("amt.outcome", result.outcome)
-            if result.outcome == "duplicate":
-                span.set_attribute("amt.first_path", result.first_path)
-                first = decode_context(result.first_context)
-                if first is not None:
-                    span.add_link(first, {"amt.link": "first_arrival"})
+            outcomes[(path, event.topic, outcome)] += 1
+            lag_s = None
             if result.lag_ms >= 0:
                 lag_s = result.lag_ms / 1000
-                span.set_attribute("amt.path_lag_s", lag_s)
                 metrics.path_lag.record(
                     lag_s, {"first_path": result.first_path, "topic": event.topic}
                 )
-            span.end()
-            _log_outcome(event, result, path, span, context)
+            if outcome == "duplicate":
+                spans.close(
+                    span,
+                    outcome,
+                    first_path=result.first_path,
+                    first_arrival=decode_context(result.first_context),
+                    lag_s=lag_s,
+                )
+            else:
+                spans.close(span, outcome, lag_s=lag_s)
+            lines.append(_routed_line(event, result, path, context or spans.ids(span)))
+        log_lines(log, "info", "event_routed", lines)
 
     async def reject(
         self,
@@ -284,31 +288,6 @@ class Router:
             span.end()
         self.telemetry.metrics.count_rejected(path, (bad.reason for bad in rejected))
 
-    def _start_span(self, event: Event, path: str, links: list[Link]) -> Span:
-        # A root span whose trace id is the event's: both arrivals share a trace.
-        token = next_trace_id.set(event_trace_id(event.event_id))
-        try:
-            return self.telemetry.tracer.start_span(
-                f"process {event.topic}",
-                context=ROOT,
-                kind=SpanKind.CONSUMER,
-                links=links,
-                attributes={
-                    "messaging.system": MESSAGING_SYSTEM.get(path, path),
-                    "messaging.operation.type": "process",
-                    "messaging.operation.name": "process",
-                    "messaging.destination.name": event.topic,
-                    "amt.event_id": event.event_id,
-                    "amt.record_id": event.record_ids[0] if event.record_ids else "",
-                    "amt.record_count": len(event.record_ids),
-                    "amt.topic": event.topic,
-                    "amt.path": path,
-                    "amt.change_type": event.change_type.value,
-                },
-            )
-        finally:
-            next_trace_id.reset(token)
-
 
 #: The log line of each kind of rejected input (the event names operators search for).
 _REJECTED_LINES: dict[str, Callable[..., object]] = {
@@ -318,22 +297,41 @@ _REJECTED_LINES: dict[str, Callable[..., object]] = {
 }
 
 
-def _log_outcome(event: Event, result: IngestResult, path: str, span: Span, context: str) -> None:
-    extra: dict[str, object] = (
-        {"first_path": result.first_path}
-        if result.outcome == "duplicate"
-        else {"change_type": event.change_type.value}
+def _open(spans: EventSpans, batch: SpanContext, path: str, event: Event) -> Any:
+    record_ids = event.record_ids
+    return spans.open(
+        batch,
+        path,
+        event.topic,
+        event.event_id,
+        record_ids[0] if record_ids else "",
+        len(record_ids),
+        event.change_type.value,
     )
+
+
+def _routed_line(
+    event: Event, result: IngestResult, path: str, ids: str | dict[str, str]
+) -> dict[str, Any]:
+    """The ``event_routed`` line of an arrival. ``ids``: the encoded context
+    handed to Redis, or the span's ids when it has none."""
+    line: dict[str, Any] = {
+        "event_id": event.event_id,
+        "record_ids": event.record_ids,
+        "topic": event.topic,
+        "path": path,
+        "outcome": result.outcome,
+    }
+    if result.outcome == "duplicate":
+        line["first_path"] = result.first_path
+    else:
+        line["change_type"] = event.change_type.value
     if result.lag_ms >= 0:
-        extra["path_lag_ms"] = result.lag_ms
-    log.info(
-        "event_routed",
-        event_id=event.event_id,
-        record_ids=event.record_ids,
-        topic=event.topic,
-        path=path,
-        outcome=result.outcome,
-        **extra,
-        # The ids are in the context handed to Redis (when sampled): no second formatting.
-        **({"trace_id": context[:32], "span_id": context[32:48]} if context else span_ids(span)),
-    )
+        line["path_lag_ms"] = result.lag_ms
+    # The ids are in the context handed to Redis (when sampled): no second formatting.
+    if isinstance(ids, str):
+        line["trace_id"] = ids[:32]
+        line["span_id"] = ids[32:48]
+    else:
+        line.update(ids)
+    return line

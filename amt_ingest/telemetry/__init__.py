@@ -28,14 +28,17 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ..config import Settings
+from .eventspans import EventSpans, SdkEventSpans, event_spans
 from .logs import configure_logging, redact
 from .metrics import Gauges, Metrics
 from .tracing import EventTraceIds, make_sampler
 
 __all__ = [
+    "EventSpans",
     "Gauges",
     "Metrics",
     "Telemetry",
@@ -64,6 +67,17 @@ class Telemetry:
     meter_provider: MeterProvider | None = None
     registry: CollectorRegistry | None = None
     exports: list[str] = field(default_factory=list)
+    #: Records the ``process`` span of each arrival (:mod:`.eventspans`).
+    event_spans: EventSpans | None = None
+
+    def __post_init__(self) -> None:
+        if self.event_spans is None:
+            self.event_spans = SdkEventSpans(self.tracer)
+
+    @property
+    def spans(self) -> EventSpans:
+        assert self.event_spans is not None  # set in __post_init__
+        return self.event_spans
 
     @classmethod
     def off(cls) -> Telemetry:
@@ -144,19 +158,19 @@ def setup_telemetry(
     )
     for processor in span_processors:
         tracer_provider.add_span_processor(processor)
+    otlp: BatchSpanProcessor | None = None
     registry = CollectorRegistry(auto_describe=True)
     readers: list[MetricReader] = [PrometheusMetricReader(registry=registry), *metric_readers]
     if settings.otlp_traces_enabled:
         from .otlp import SpanExporter
 
-        tracer_provider.add_span_processor(
-            BatchSpanProcessor(
-                SpanExporter(),
-                max_queue_size=settings.otel_bsp_max_queue_size,
-                schedule_delay_millis=settings.otel_bsp_schedule_delay,
-                max_export_batch_size=settings.otel_bsp_max_export_batch_size,
-            )
+        otlp = BatchSpanProcessor(
+            SpanExporter(),
+            max_queue_size=settings.otel_bsp_max_queue_size,
+            schedule_delay_millis=settings.otel_bsp_schedule_delay,
+            max_export_batch_size=settings.otel_bsp_max_export_batch_size,
         )
+        tracer_provider.add_span_processor(otlp)
         exports.append("otlp:traces")
     if settings.otlp_metrics_enabled:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -165,11 +179,21 @@ def setup_telemetry(
         exports.append("otlp:metrics")
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     gauges = Gauges()
+    tracer = tracer_provider.get_tracer(SCOPE, _version())
     return Telemetry(
-        tracer=tracer_provider.get_tracer(SCOPE, _version()),
+        tracer=tracer,
         metrics=Metrics(meter_provider.get_meter(SCOPE, _version()), gauges),
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         registry=registry,
         exports=exports,
+        event_spans=event_spans(
+            tracer,
+            tracer_provider,
+            otlp,
+            # The tracer's own scope: the SDK's spans and these group together.
+            getattr(tracer, "_instrumentation_scope", None)
+            or InstrumentationScope(SCOPE, _version()),
+            only_processor=not span_processors,
+        ),
     )

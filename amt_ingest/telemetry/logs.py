@@ -32,6 +32,7 @@ __all__ = [
     "batched_lines",
     "configure_logging",
     "iso_utc",
+    "log_lines",
     "redact",
 ]
 
@@ -154,6 +155,16 @@ class _LineOutput:
         self._held = 0
         self._lines: list[bytes] = []
 
+    def write_many(self, messages: list[bytes]) -> None:
+        """Several rendered lines at once (held like the others inside :func:`batched_lines`)."""
+        with self._lock:
+            if self._held:
+                self._lines.extend(messages)
+                return
+            messages.append(b"")
+            self._file.write(b"\n".join(messages))
+            self._file.flush()
+
     def msg(self, message: bytes) -> None:
         with self._lock:
             if self._held:
@@ -182,6 +193,8 @@ class _LineOutput:
 
 
 _output: _LineOutput | None = None
+#: The level configured last (lines below it are dropped).
+_level = logging.INFO
 
 
 def batched_lines() -> contextlib.AbstractContextManager[None]:
@@ -191,6 +204,41 @@ def batched_lines() -> contextlib.AbstractContextManager[None]:
     if _output is None:
         return contextlib.nullcontext()
     return _output.held()
+
+
+def log_lines(logger: Any, level: str, event: str, lines: list[dict[str, Any]]) -> None:
+    """``logger.<level>(event, **line)`` for each line, at a
+    quarter of the cost where it counts: with JSON output, the lines are
+    rendered here as the processors would render them (context variables, level,
+    one timestamp for all, the same redaction) and written at once. Each line
+    must name its own ``trace_id``/``span_id`` when it has them. Elsewhere (a
+    terminal, a test's stream) each line goes through structlog."""
+    if not lines:
+        return
+    output = _output
+    if output is None or logging.getLevelNamesMapping()[level.upper()] < _level:
+        method = getattr(logger, level)
+        for line in lines:
+            method(event, **line)
+        return
+    bound = structlog.contextvars.get_contextvars()
+    timestamp = iso_utc(time.time_ns())
+    rendered = []
+    for event_dict in lines:
+        event_dict["event"] = event
+        # As merge_contextvars does: the call's own keys win, the context's follow.
+        for key, value in bound.items():
+            event_dict.setdefault(key, value)
+        event_dict["level"] = level
+        event_dict["timestamp"] = timestamp
+        try:
+            text: bytes | None = orjson.dumps(event_dict, default=str)
+        except TypeError:
+            text = None
+        if text is None or _maybe_secret(text):
+            text = orjson.dumps(redact(logger, level, event_dict), default=str)
+        rendered.append(text)
+    output.write_many(rendered)
 
 
 def _maybe_secret(line: bytes) -> bool:
@@ -237,12 +285,13 @@ def configure_logging(
         if use_console
         else [_RedactedJson(text=binary is None)]
     )
-    global _output
+    global _output, _level
     _output = _LineOutput(binary) if binary is not None else None
     factory: Any = (
         (lambda *_args: _output) if _output is not None else structlog.PrintLoggerFactory(file=out)
     )
     numeric = logging.getLevelNamesMapping()[level.upper()]
+    _level = numeric
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -30,9 +30,19 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATUS_CODE
-from opentelemetry.trace import Link, SpanContext
+from opentelemetry.trace import Link, SpanContext, StatusCode
 
-__all__ = ["SpanExporter", "encode_spans"]
+__all__ = [
+    "PreEncodedSpan",
+    "SpanExporter",
+    "attribute_field",
+    "encode_spans",
+    "head_field",
+    "link_field",
+    "spans_field",
+    "status_field",
+    "string_attribute_field",
+]
 
 log = structlog.get_logger("amt_ingest.telemetry.otlp")
 
@@ -270,16 +280,86 @@ def _span(span: ReadableSpan) -> bytes:
     status = span.status
     code = status.status_code.value
     if code or status.description:
-        status_parts = []
-        if status.description:
-            status_parts.append(_field(b"\x12", status.description.encode()))
-        if code:
-            status_parts.append(b"\x18" + _varint(code))
-        parts.append(_field(b"\x7a", b"".join(status_parts)))
+        parts.append(status_field(status.status_code, status.description))
     else:
         parts.append(_EMPTY_STATUS)  # set even when empty, as the SDK's encoder does
     parts.append(b"\x85\x01" + _flags(parent))
     return b"".join(parts)
+
+
+class PreEncodedSpan(ReadableSpan):
+    """A span whose field in ``ScopeSpans.spans`` is already written (:attr:`encoded`).
+
+    :func:`encode_spans` copies the bytes as they are; the SDK's batch span
+    processor reads its context's sampled flag only. Not a full
+    ``ReadableSpan``: hand it to that processor, with this module's exporter, only.
+    """
+
+    def __init__(
+        self,
+        encoded: bytes,
+        context: SpanContext,
+        resource: Resource,
+        scope: InstrumentationScope,
+    ):
+        # ReadableSpan.__init__ is skipped on purpose: it is what would cost.
+        self.encoded = encoded
+        self._context = context
+        self._resource = resource
+        self._instrumentation_scope = scope
+
+
+def attribute_field(key: str, value: Any) -> bytes:
+    """A span's attributes field (9) holding one KeyValue."""
+    return _field(b"\x4a", _key_value(key, value))
+
+
+def string_attribute_field(key: str, value: str) -> bytes:
+    """:func:`attribute_field` for a string value, faster: when every length
+    fits in one byte (ids, names), the field is written in one concatenation."""
+    prefix = _key(key)
+    data = value.encode()
+    size = len(data)
+    whole = len(prefix) + size + 4
+    if whole >= 128:
+        return attribute_field(key, value)
+    return b"".join(
+        (
+            b"\x4a",
+            _SMALL_VARINTS[whole],
+            prefix,
+            b"\x12",
+            _SMALL_VARINTS[size + 2],
+            b"\x0a",
+            _SMALL_VARINTS[size],
+            data,
+        )
+    )
+
+
+def head_field(name: str, kind: int) -> bytes:
+    """A span's name (5) and kind (6) fields; ``kind`` is ``SpanKind.value``."""
+    return _head(name, kind)
+
+
+def link_field(link: Link) -> bytes:
+    """A span's links field (13) for one link."""
+    return _link_field(link)
+
+
+def status_field(code: StatusCode, description: str | None) -> bytes:
+    """A span's status field (15)."""
+    parts = []
+    if description:
+        parts.append(_field(b"\x12", description.encode()))
+    if code.value:
+        parts.append(b"\x18" + _varint(code.value))
+    return _field(b"\x7a", b"".join(parts))
+
+
+def spans_field(span: bytes) -> bytes:
+    """One Span message (its fields, written) as a field of ``ScopeSpans.spans``."""
+    return _field(b"\x12", span)
 
 
 def _resource(resource: Resource) -> bytes:
@@ -314,7 +394,7 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
         if encoded is None:
             encoded = grouped.setdefault(resource, {}).setdefault(scope, [])
             by_identity[key] = encoded
-        encoded.append(_field(b"\x12", _span(span)))
+        encoded.append(span.encoded if type(span) is PreEncodedSpan else spans_field(_span(span)))
     out: list[bytes] = []
     for resource, by_scope in grouped.items():
         parts = [_field(b"\x0a", _resource(resource))]

@@ -303,6 +303,16 @@ def code_log_events() -> dict[str, set[str]]:
                 and isinstance(node.args[0].value, str)
             ):
                 events.setdefault(node.args[0].value, set()).add(node.func.attr)
+            # log_lines(logger, "level", "event", lines): a batch of one event's lines.
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "log_lines"
+                and len(node.args) >= 3
+                and all(isinstance(a, ast.Constant) for a in node.args[1:3])
+            ):
+                level, name = node.args[1].value, node.args[2].value  # type: ignore[attr-defined]
+                events.setdefault(name, set()).add(level)
     return events
 
 

@@ -350,3 +350,53 @@ def test_json_lines_carry_a_current_utc_timestamp():
     assert stamp.endswith("Z")
     moment = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     assert before <= moment <= datetime.datetime.now(datetime.UTC)
+
+
+def _routed(n: int, **extra: object) -> dict[str, object]:
+    return {
+        "event_id": f"7d7c3c1e-2b2f-4d69-9a0e-3f1f3b1d2c{n:02d}",
+        "record_ids": ["006Dn00000ABCDE"],
+        "topic": "Opportunity",
+        "path": "ws",
+        "outcome": "first",
+        "trace_id": "82a0422421a0fd824b1c6dc567cb8341",
+        "span_id": "00000000000000cd",
+        **extra,
+    }
+
+
+def test_log_lines_write_what_structlog_writes_line_by_line(tmp_path):
+    from amt_ingest.telemetry.logs import log_lines
+
+    path = tmp_path / "log"
+    with open(path, "w") as out:
+        configure_logging("info", "json", stream=out)
+        log = structlog.get_logger("t")
+        structlog.contextvars.bind_contextvars(replica="r1")
+        try:
+            for n in range(3):
+                log.info("event_routed", **_routed(n))
+            log_lines(log, "info", "event_routed", [_routed(n) for n in range(3)])
+            log_lines(log, "debug", "event_routed", [_routed(9)])  # below the level: dropped
+            log_lines(log, "info", "event_routed", [_routed(4, record_ids=[f"Bearer {TOKEN}"])])
+        finally:
+            structlog.contextvars.clear_contextvars()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 7
+    by_structlog, direct, secret = lines[:3], lines[3:6], lines[6]
+    for one, other in zip(by_structlog, direct, strict=True):
+        assert one.pop("timestamp") and other.pop("timestamp")
+        assert one == other
+        assert list(one) == list(other)  # the same key order
+    assert TOKEN not in path.read_text() and "[redacted]" in secret["record_ids"][0]
+
+
+def test_log_lines_go_through_structlog_where_output_is_not_json(tmp_path):
+    from amt_ingest.telemetry.logs import log_lines
+
+    out = io.StringIO()
+    configure_logging("info", "console", stream=out)
+    log = structlog.get_logger("t")
+    log_lines(log, "info", "event_routed", [_routed(1, record_ids=[f"token={TOKEN}"])])
+    text = out.getvalue()
+    assert "event_routed" in text and TOKEN not in text

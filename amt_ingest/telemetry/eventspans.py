@@ -1,0 +1,428 @@
+"""The ``process`` span of each arrival, recorded at a few microseconds each.
+
+Every arrival of every event gets one ``process <topic>`` span (see
+:mod:`.tracing` for its shape): it carries what an operator looks for (the
+event and record ids, the path, the outcome, the link from a duplicate to its
+first arrival) and is the parent of the job that applies the event. At
+tens of thousands of events a second, the SDK's span machinery (a span object,
+bounded attributes, links, locks, a processor call) cost more than routing the
+event, and its encoding in the export thread as much again.
+
+Two recorders with one face, chosen by :func:`event_spans`:
+
+- :class:`DirectEventSpans` when the process exports spans only by OTLP
+  through :class:`~.otlp.SpanExporter`: it writes each span's protobuf bytes
+  itself when the span ends (the constant parts of a topic, path and change
+  type encoded once), and hands them to the SDK's batch span processor as a
+  :class:`PreEncodedSpan`, which the exporter copies into its request as they
+  are. Batching, queue limits, flushing and shutdown stay the SDK's. The bytes
+  decode to the same span the SDK path records (``tests/unit/test_eventspans.py``).
+- :class:`SdkEventSpans` otherwise (other span processors, an exporter of an
+  SDK release this module does not know, telemetry off): the SDK's spans.
+
+Nothing is lost to the operator: same spans, same attributes, same links, same
+sampling (the configured sampler decides on each trace id, as it would for a
+root span).
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import time
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, StaticSampler
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from .otlp import (
+    PreEncodedSpan,
+    SpanExporter,
+    attribute_field,
+    head_field,
+    link_field,
+    spans_field,
+    status_field,
+    string_attribute_field,
+)
+from .tracing import (
+    MESSAGING_SYSTEM,
+    ROOT,
+    LibraryCallsInsideOurSpans,
+    encode_context,
+    event_trace_id,
+    next_trace_id,
+)
+
+__all__ = [
+    "DirectEventSpans",
+    "EventSpans",
+    "SdkEventSpans",
+    "event_spans",
+]
+
+_pack_fixed64 = struct.Struct("<Q").pack
+_FLAGS_LOCAL: Final = b"\x85\x01" + struct.pack("<I", 0x100)  # is_remote known, local
+_EMPTY_STATUS: Final = b"\x7a\x00"
+_FIRST_ARRIVAL: Final = {"amt.link": "first_arrival"}
+_SAMPLED: Final = frozenset({Decision.RECORD_AND_SAMPLE})
+
+
+class EventSpans(Protocol):
+    """Opens a batch's ``process`` spans before its hand-off, closes them after."""
+
+    def open(
+        self,
+        batch: SpanContext,
+        path: str,
+        topic: str,
+        event_id: str,
+        record_id: str,
+        record_count: int,
+        change_type: str,
+    ) -> Any:
+        """A span for one arrival, started now (``batch``: the receive span, linked)."""
+
+    def context(self, span: Any) -> str:
+        """Its context as :func:`~.tracing.encode_context` writes it ("" when not sampled)."""
+
+    def ids(self, span: Any) -> dict[str, str]:
+        """``trace_id``/``span_id`` for its log line ({} when there are none)."""
+
+    def close(
+        self,
+        span: Any,
+        outcome: str,
+        *,
+        first_path: str = "",
+        first_arrival: SpanContext | None = None,
+        lag_s: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        """End it with its outcome (and, for a duplicate, the link to the first
+        arrival); ``error`` marks it failed (``outcome`` "" leaves it out)."""
+
+
+def _span_name(topic: str) -> str:
+    return f"process {topic}"
+
+
+class SdkEventSpans:
+    """The SDK's spans (any processors, any exporter; a no-op tracer when off)."""
+
+    def __init__(self, tracer: trace.Tracer):
+        self.tracer = tracer
+
+    def open(
+        self,
+        batch: SpanContext,
+        path: str,
+        topic: str,
+        event_id: str,
+        record_id: str,
+        record_count: int,
+        change_type: str,
+    ) -> Span:
+        # A root span whose trace id is the event's: both arrivals share a trace.
+        token = next_trace_id.set(event_trace_id(event_id))
+        try:
+            return self.tracer.start_span(
+                _span_name(topic),
+                context=ROOT,
+                kind=SpanKind.CONSUMER,
+                links=[Link(batch)] if batch.is_valid else None,
+                attributes={
+                    "messaging.system": MESSAGING_SYSTEM.get(path, path),
+                    "messaging.operation.type": "process",
+                    "messaging.operation.name": "process",
+                    "messaging.destination.name": topic,
+                    "amt.event_id": event_id,
+                    "amt.record_id": record_id,
+                    "amt.record_count": record_count,
+                    "amt.topic": topic,
+                    "amt.path": path,
+                    "amt.change_type": change_type,
+                },
+            )
+        finally:
+            next_trace_id.reset(token)
+
+    def context(self, span: Span) -> str:
+        return encode_context(span.get_span_context())
+
+    def ids(self, span: Span) -> dict[str, str]:
+        context = span.get_span_context()
+        if not context.is_valid:
+            return {}
+        return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
+
+    def close(
+        self,
+        span: Span,
+        outcome: str,
+        *,
+        first_path: str = "",
+        first_arrival: SpanContext | None = None,
+        lag_s: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        if outcome:
+            span.set_attribute("amt.outcome", outcome)
+        if first_path:
+            span.set_attribute("amt.first_path", first_path)
+        if first_arrival is not None:
+            span.add_link(first_arrival, _FIRST_ARRIVAL)
+        if lag_s is not None:
+            span.set_attribute("amt.path_lag_s", lag_s)
+        if error is not None:
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end()
+
+
+class _Open:
+    """A direct span between open and close."""
+
+    __slots__ = ("context", "head", "link", "sampled", "span_id", "start", "tail", "trace_id")
+
+    def __init__(
+        self,
+        trace_id: int,
+        span_id: int,
+        sampled: bool,
+        start: int,
+        head: bytes,
+        tail: bytes,
+        link: bytes,
+    ):
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.sampled = sampled
+        self.start = start
+        #: The trace id, span id, name and kind fields.
+        self.head = head
+        #: The attributes it starts with (messaging.system to amt.change_type).
+        self.tail = tail
+        #: The link field to the batch's receive span (b"" without one).
+        self.link = link
+        #: As :func:`~.tracing.encode_context` writes it.
+        self.context = f"{trace_id:032x}{span_id:016x}01" if sampled else ""
+
+
+def _root_decision(sampler: Sampler) -> bool | None:
+    """The decision the sampler takes for every root span, when it takes one
+    decision for all (always on or off, parent-based or not); None when it
+    decides per trace id (ratio samplers)."""
+    while True:
+        if isinstance(sampler, LibraryCallsInsideOurSpans):
+            sampler = sampler.delegate
+        elif isinstance(sampler, ParentBased):
+            sampler = sampler._root  # the sampler of spans with no parent
+        elif isinstance(sampler, StaticSampler):
+            return sampler._decision in _SAMPLED
+        else:
+            return None
+
+
+class DirectEventSpans:
+    """Spans written as OTLP bytes as they end, queued in the SDK's batch processor."""
+
+    def __init__(
+        self,
+        processor: BatchSpanProcessor,
+        resource: Resource,
+        scope: InstrumentationScope,
+        sampler: Sampler,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        span_ids: Callable[[], int] | None = None,
+    ):
+        self.processor = processor
+        self.resource = resource
+        self.scope = scope
+        self.sampler = sampler
+        self._always = _root_decision(sampler)
+        self.clock = clock
+        self._span_id = span_ids or _random_span_id
+        # Only the sampled flag of a pre-encoded span's context is read.
+        self._sampled = SpanContext(1, 1, is_remote=False, trace_flags=TraceFlags(1))
+        # The constant parts of a span, encoded once: name and kind, and the
+        # attributes before and after the per-event ones.
+        self._heads: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        self._after: dict[tuple[str, str, str], bytes] = {}
+        self._batch_links: dict[tuple[int, int], bytes] = {}
+        self._counts: dict[int, bytes] = {}
+        self._outcomes: dict[str, bytes] = {}
+
+    def _sampled_for(self, trace_id: int, topic: str) -> bool:
+        if self._always is not None:
+            return self._always
+        result = self.sampler.should_sample(None, trace_id, _span_name(topic), SpanKind.CONSUMER)
+        return result.decision in _SAMPLED
+
+    def _head(self, path: str, topic: str) -> tuple[bytes, bytes]:
+        """The name and kind fields, and the attributes before the event id."""
+        key = (path, topic)
+        found = self._heads.get(key)
+        if found is None:
+            found = (
+                head_field(_span_name(topic), SpanKind.CONSUMER.value),
+                b"".join(
+                    (
+                        attribute_field("messaging.system", MESSAGING_SYSTEM.get(path, path)),
+                        attribute_field("messaging.operation.type", "process"),
+                        attribute_field("messaging.operation.name", "process"),
+                        attribute_field("messaging.destination.name", topic),
+                    )
+                ),
+            )
+            if len(self._heads) < 1024:
+                self._heads[key] = found
+        return found
+
+    def _attrs_after(self, path: str, topic: str, change_type: str) -> bytes:
+        key = (path, topic, change_type)
+        found = self._after.get(key)
+        if found is None:
+            found = b"".join(
+                (
+                    attribute_field("amt.topic", topic),
+                    attribute_field("amt.path", path),
+                    attribute_field("amt.change_type", change_type),
+                )
+            )
+            if len(self._after) < 1024:
+                self._after[key] = found
+        return found
+
+    def _count(self, count: int) -> bytes:
+        found = self._counts.get(count)
+        if found is None:
+            found = attribute_field("amt.record_count", count)
+            if len(self._counts) < 1024:
+                self._counts[count] = found
+        return found
+
+    def _outcome(self, outcome: str) -> bytes:
+        found = self._outcomes.get(outcome)
+        if found is None:
+            found = attribute_field("amt.outcome", outcome)
+            if len(self._outcomes) < 64:
+                self._outcomes[outcome] = found
+        return found
+
+    def _batch_link(self, batch: SpanContext) -> bytes:
+        if not batch.is_valid:
+            return b""
+        key = (batch.trace_id, batch.span_id)
+        found = self._batch_links.get(key)
+        if found is None:
+            if len(self._batch_links) >= 64:
+                self._batch_links.clear()
+            found = link_field(Link(batch))
+            self._batch_links[key] = found
+        return found
+
+    def open(
+        self,
+        batch: SpanContext,
+        path: str,
+        topic: str,
+        event_id: str,
+        record_id: str,
+        record_count: int,
+        change_type: str,
+    ) -> _Open:
+        trace_id = event_trace_id(event_id)
+        span_id = self._span_id()
+        name_kind, before = self._head(path, topic)
+        return _Open(
+            trace_id,
+            span_id,
+            self._sampled_for(trace_id, topic),
+            self.clock(),
+            b"\x0a\x10"
+            + trace_id.to_bytes(16, "big")
+            + b"\x12\x08"
+            + span_id.to_bytes(8, "big")
+            + name_kind,
+            b"".join(
+                (
+                    before,
+                    string_attribute_field("amt.event_id", event_id),
+                    string_attribute_field("amt.record_id", record_id),
+                    self._count(record_count),
+                    self._attrs_after(path, topic, change_type),
+                )
+            ),
+            self._batch_link(batch),
+        )
+
+    def context(self, span: _Open) -> str:
+        return span.context
+
+    def ids(self, span: _Open) -> dict[str, str]:
+        return {"trace_id": f"{span.trace_id:032x}", "span_id": f"{span.span_id:016x}"}
+
+    def close(
+        self,
+        span: _Open,
+        outcome: str,
+        *,
+        first_path: str = "",
+        first_arrival: SpanContext | None = None,
+        lag_s: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        if not span.sampled:
+            return
+        parts = [
+            span.head,
+            b"\x39" + _pack_fixed64(span.start),
+            b"\x41" + _pack_fixed64(self.clock()),
+            span.tail,
+        ]
+        if outcome:
+            parts.append(self._outcome(outcome))
+        if first_path:
+            parts.append(string_attribute_field("amt.first_path", first_path))
+        if lag_s is not None:
+            parts.append(attribute_field("amt.path_lag_s", lag_s))
+        parts.append(span.link)
+        if first_arrival is not None:
+            parts.append(link_field(Link(first_arrival, _FIRST_ARRIVAL)))
+        parts.append(status_field(StatusCode.ERROR, error) if error is not None else _EMPTY_STATUS)
+        parts.append(_FLAGS_LOCAL)
+        encoded = spans_field(b"".join(parts))
+        self.processor.on_end(PreEncodedSpan(encoded, self._sampled, self.resource, self.scope))
+
+
+def _random_span_id() -> int:
+    return random.getrandbits(64) or 1
+
+
+def event_spans(
+    tracer: trace.Tracer,
+    provider: TracerProvider | None,
+    processor: BatchSpanProcessor | None,
+    scope: InstrumentationScope,
+    *,
+    only_processor: bool,
+) -> EventSpans:
+    """The direct recorder when ``processor`` (the OTLP batch processor) is the
+    provider's only one and its exporter writes pre-encoded spans; else the SDK's."""
+    exporter = getattr(processor, "span_exporter", None)
+    if (
+        provider is not None
+        and processor is not None
+        and only_processor
+        and isinstance(exporter, SpanExporter)
+        and exporter.direct
+    ):
+        return DirectEventSpans(processor, provider.resource, scope, provider.sampler)
+    return SdkEventSpans(tracer)
