@@ -145,6 +145,10 @@ class Settings(BaseSettings):
     otel_exporter_otlp_protocol: Literal["http/protobuf"] = Field(
         "http/protobuf", validation_alias="OTEL_EXPORTER_OTLP_PROTOCOL"
     )
+    #: Exemplars cost a third of each histogram measurement (one per record applied).
+    otel_metrics_exemplar_filter: Literal["always_off", "always_on", "trace_based"] = Field(
+        "always_off", validation_alias="OTEL_METRICS_EXEMPLAR_FILTER"
+    )
     otel_bsp_max_queue_size: int = Field(65_536, ge=1, validation_alias="OTEL_BSP_MAX_QUEUE_SIZE")
     otel_bsp_schedule_delay: int = Field(200, ge=1, validation_alias="OTEL_BSP_SCHEDULE_DELAY")
     otel_bsp_max_export_batch_size: int = Field(

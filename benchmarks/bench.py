@@ -347,6 +347,14 @@ SPREAD_SHOWN = (
 )
 
 
+#: The profiles ``--profile`` takes (py-spy on the service process), and what each covers.
+PROFILES = (
+    ("profile_ws_ingest", "WebSocket intake"),
+    ("profile_e2e_postgres", "Records applied (PostgreSQL, embedded worker)"),
+    ("profile_e2e_sqlite", "Records applied (SQLite, embedded worker)"),
+    ("profile_latency_ws", "WebSocket at the latency load (PostgreSQL, embedded worker)"),
+)
+
 SPREAD_HEADER = ("spread over the runs", "min", "median", "max", "runs")
 
 
@@ -491,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, default=Path("bench.json"))
     parser.add_argument(
-        "--profile", action="store_true", help="sample the WebSocket intake with py-spy"
+        "--profile", action="store_true", help="sample the service with py-spy during the ws, e2e and latency_ws phases"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("--workdir", type=Path, help="where logs and databases go")
@@ -510,9 +518,11 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(args.workdir, ignore_errors=True)
     args.output.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     print(report(doc))
-    profile = doc["details"].get("profile_ws_ingest")
-    if profile:
-        print("\nWebSocket intake profile (py-spy, main thread; shares of busy samples)")
+    for key, what in PROFILES:
+        profile = doc["details"].get(key)
+        if not profile:
+            continue
+        print(f"\n{what} profile (py-spy, main thread; shares of busy samples)")
         print(f"  event loop waiting (idle): {profile['idle_share']:.1%} of all samples")
         for kind in ("self", "inclusive"):
             print(f"  top {kind}:")

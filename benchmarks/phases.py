@@ -357,6 +357,12 @@ class Bench:
         otlp_before = self.otlp.snapshot()
         service = self.stack.service(name, env, worker=True)
         usage = _Usage(self.stack, service.pid)
+        spy = _Spy(self.stack.workdir / f"e2e-{database}.pyspy.txt", service.pid, self.profile)
+
+        def first_rows() -> None:
+            spy.start()
+            usage.start_soon()
+
         try:
             samples = await self.follow(
                 lambda: self.stack.store_count(url),
@@ -364,11 +370,18 @@ class Bench:
                 expected=n,
                 window=self.sizes.e2e_window_s,
                 interval=0.5,
-                on_first=usage.start_soon,
+                on_first=first_rows,
             )
             await usage.stop()
         finally:
+            spy.stop()
             await self.stop(service, sim.proc)
+        if spy.output is not None and spy.output.exists():
+            self.details[f"profile_e2e_{database}"] = {
+                "file": str(spy.output),
+                "command": spy.command,
+                **summarise(spy.output).as_dict(),
+            }
         rows = await self.stack.store_rows(url)
         self.results.setdefault("e2e_rps", {})[database] = rate_from_times([row[0] for row in rows])
         self.details[f"e2e_{database}"] = {
@@ -412,6 +425,7 @@ class Bench:
         otlp_before = self.otlp.snapshot()
         service = self.stack.service(name, env, worker=True)
         usage = _Usage(self.stack, service.pid)
+        spy = _Spy(self.stack.workdir / f"latency-{path}.pyspy.txt", service.pid, self.profile)
         try:
             deadline = time.monotonic() + 60 + seconds * 3
             while not sim.stats.exists():
@@ -422,6 +436,7 @@ class Bench:
                     raise TimeoutError(f"{name}: the simulator did not finish generating")
                 if not usage.started and await self.stack.stats("first:"):
                     usage.start_soon()
+                    spy.start()
                 await asyncio.sleep(0.25)
             drain_until = time.monotonic() + self.sizes.latency_drain_s
             while time.monotonic() < drain_until:
@@ -430,7 +445,14 @@ class Bench:
                 await asyncio.sleep(0.25)
             await usage.stop()
         finally:
+            spy.stop()
             await self.stop(service, sim.proc)
+        if spy.output is not None and spy.output.exists():
+            self.details[f"profile_latency_{path}"] = {
+                "file": str(spy.output),
+                "command": spy.command,
+                **summarise(spy.output).as_dict(),
+            }
         generated = orjson.loads(sim.stats.read_bytes())["generated"]["events"]
         rows = await self.stack.store_rows(url)
         handoff = await self._handoff_split(rows, events=n, records=n, seed=LATENCY_SEED)

@@ -11,8 +11,9 @@
 -- ARGV[5..]  per record: the change counter the run read, the run's lease token
 --            (the lease is dropped only if it is still this run's), the trace
 --            contexts ("l") it read (dropped; later ones kept), topic, record id,
---            the number N of applied entries, then N pairs: pending hash key,
---            the exact value applied
+--            and the applied entries as one JSON array [pending hash key, the
+--            exact value applied, ...] (decoded only when the record changed
+--            while the run applied it: otherwise the whole record goes)
 --
 -- Returns {next_job_id ("" if none), status per record}: status "released",
 -- "handed_over" or "not_owner".
@@ -24,26 +25,26 @@ local a = 5
 for i = 1, #KEYS / 2 do
   local rec, lease = KEYS[2 * i - 1], KEYS[2 * i]
   local version, token, read = ARGV[a], ARGV[a + 1], ARGV[a + 2]
-  local topic, record_id, n = ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
-  local first = a + 6
-  a = first + 2 * n
+  local topic, record_id, entries = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  a = a + 6
   if redis.call('GET', lease) == token then
     redis.call('DEL', lease)
   end
   if redis.call('HGET', rec, 'job') ~= job then
     out[#out + 1] = 'not_owner'
   else
-    for j = first, a - 1, 2 do
-      if redis.call('HGET', rec, ARGV[j]) == ARGV[j + 1] then
-        redis.call('HDEL', rec, ARGV[j])
-      end
-    end
     redis.call('ZREM', KEY.retrying, rec)
     if redis.call('HGET', rec, 'ver') == version then
       redis.call('DEL', rec)
       redis.call('SREM', KEY.pending, rec)
       out[#out + 1] = 'released'
     else
+      local applied = cjson.decode(entries)
+      for j = 1, #applied, 2 do
+        if redis.call('HGET', rec, applied[j]) == applied[j + 1] then
+          redis.call('HDEL', rec, applied[j])
+        end
+      end
       redis.call('HDEL', rec, 'fail', 'failed_at', 'retry_delay')
       local links = redis.call('HGET', rec, 'l')
       if links and read ~= '' and string.sub(links, 1, string.len(read)) == read then

@@ -216,12 +216,13 @@ class RecordJobs:
                     record.links,
                     record.topic,
                     record.record_id,
-                    len(record.entries),
+                    # One argument, read by the script only if the record changed
+                    # meanwhile (the values are UTF-8 JSON text this service wrote).
+                    orjson.dumps(
+                        [part.decode() for entry in record.entries.items() for part in entry]
+                    ),
                 )
             )
-            for key, value in record.entries.items():
-                args.append(key)
-                args.append(value)
         keys = _record_keys([(r.topic, r.record_id) for r in records])
         reply = await run(
             self._complete, f"completing the records of {job_id}", keys=keys, args=args

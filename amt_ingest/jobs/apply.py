@@ -30,7 +30,7 @@ from typing import Any, Final
 import structlog
 from arq import Retry
 from opentelemetry import trace
-from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, StatusCode
+from opentelemetry.trace import Span, SpanKind
 
 from ..coordination import QUEUE_NAME, Coordinator, PendingRecord
 from ..errors import CoordinationError, FencedError, StoreError
@@ -39,7 +39,8 @@ from ..routing.positions import position_ms
 from ..salesforce import SalesforceError
 from ..store import ApplyItem, ApplyResult
 from ..telemetry import Telemetry
-from ..telemetry.tracing import ROOT, links_from, span_ids
+from ..telemetry.logs import log_lines
+from ..telemetry.tracing import ROOT, links_from
 from .reread import needs_reread, reread_changes
 
 __all__ = ["apply_record", "apply_records", "run_job"]
@@ -65,11 +66,14 @@ async def apply_record(ctx: dict[str, Any], topic: str, record_id: str) -> str:
 class _RecordRun:
     """One record in a run: what happened to it, for its span, metrics and status."""
 
-    __slots__ = ("error", "outcome", "record", "span", "status")
+    __slots__ = ("error", "ids", "outcome", "record", "span", "status")
 
-    def __init__(self, record: PendingRecord, span: Span) -> None:
+    def __init__(self, record: PendingRecord, span: Any, ids: dict[str, str]) -> None:
         self.record = record
+        #: Its apply span, as the telemetry's ApplySpans opened it.
         self.span = span
+        #: ``trace_id``/``span_id`` of that span, for its log lines.
+        self.ids = ids
         self.outcome = "error"
         self.status = "error"
         self.error = ""
@@ -93,9 +97,10 @@ async def run_job(ctx: dict[str, Any], members: Sequence[tuple[str, str]]) -> li
         leases.add(coordinator.records.lease_keys(records), records[0].token)
         telemetry: Telemetry = ctx.get("telemetry") or Telemetry.off()
         started = time.perf_counter()
-        batch, runs = _start_spans(telemetry.tracer, records, job_id, job_try)
+        batch, runs = _start_spans(telemetry, records, job_id, job_try)
         try:
-            with trace.use_span(batch or runs[0].span, end_on_exit=False):
+            current = batch or telemetry.applies.span(runs[0].span)
+            with trace.use_span(current, end_on_exit=False):
                 await _apply_claimed(ctx, runs, job_id, bound)
         finally:
             _end_spans(telemetry, runs, batch, time.perf_counter() - started)
@@ -131,14 +136,14 @@ async def _claim(
 
 
 def _start_spans(
-    tracer: trace.Tracer, records: list[PendingRecord], job_id: str, job_try: int
+    telemetry: Telemetry, records: list[PendingRecord], job_id: str, job_try: int
 ) -> tuple[Span | None, list[_RecordRun]]:
     """A batch run has a span of its own for the shared work (the claim, the
     transaction, the completion); each record's span joins the trace of the first
     event it applies, links the others and links the run. A run of one record is
     that record's span alone."""
     batch = (
-        tracer.start_span(
+        telemetry.tracer.start_span(
             "apply batch",
             context=ROOT,
             kind=SpanKind.CONSUMER,
@@ -154,51 +159,31 @@ def _start_spans(
         if len(records) > 1
         else None
     )
-    batch_links = [Link(batch.get_span_context(), {"amt.link": "job_run"})] if batch else []
-    runs = [
-        _RecordRun(record, _record_span(tracer, record, job_id, job_try, batch_links))
-        for record in records
-    ]
+    run_context = batch.get_span_context() if batch else None
+    spans = telemetry.applies
+    runs = []
+    for record in records:
+        span = spans.open(
+            QUEUE_NAME,
+            record.topic,
+            record.record_id,
+            job_id,
+            job_try,
+            links_from(record.links),
+            len(record.changes),
+            run_context,
+        )
+        runs.append(_RecordRun(record, span, spans.ids(span)))
     return batch, runs
-
-
-def _record_span(
-    tracer: trace.Tracer,
-    record: PendingRecord,
-    job_id: str,
-    job_try: int,
-    batch_links: list[Link],
-) -> Span:
-    events = links_from(record.links)
-    parent = trace.set_span_in_context(NonRecordingSpan(events[0])) if events else ROOT
-    return tracer.start_span(
-        f"apply {record.topic}",
-        context=parent,
-        kind=SpanKind.CONSUMER,
-        links=[Link(event, {"amt.link": "coalesced_event"}) for event in events] + batch_links,
-        attributes={
-            "messaging.system": "arq",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": QUEUE_NAME,
-            "messaging.message.id": job_id,
-            "amt.topic": record.topic,
-            "amt.record_id": record.record_id,
-            "amt.job_try": job_try,
-            "amt.events": len(events),
-            "amt.changes": len(record.changes),
-        },
-    )
 
 
 def _end_spans(
     telemetry: Telemetry, runs: list[_RecordRun], batch: Span | None, elapsed: float
 ) -> None:
+    spans = telemetry.applies
     for run in runs:
-        span = run.span
-        span.set_attribute("amt.job_outcome", run.outcome)
-        if run.outcome in ("error", "retry", "dead_lettered"):
-            span.set_status(StatusCode.ERROR, run.error or run.outcome)
-        span.end()
+        failed = run.outcome in ("error", "retry", "dead_lettered")
+        spans.close(run.span, run.outcome, (run.error or run.outcome) if failed else None)
     # One measurement per outcome group of the run, not per record: the counter
     # counts records, the histogram the run's duration.
     groups = Counter((run.record.topic, run.outcome) for run in runs)
@@ -311,25 +296,34 @@ async def _complete(
         [run.record for run, _, _ in applied], job_id
     )
     duration_ms = round((time.perf_counter() - started) * 1000, 2)
+    latency = telemetry.metrics.latency
+    job_try = ctx.get("job_try", 1)
+    lines = []
     for (run, result, item), status in zip(applied, statuses, strict=True):
         run.outcome, run.status = "applied", status
+        topic = {"topic": run.record.topic}
         for position in {position for position, _ in item.changes.values()}:
-            telemetry.metrics.latency.record(
-                max(0.0, (committed_ms - position_ms(position)) / 1000),
-                {"topic": run.record.topic},
-            )
-        _bound(bound, run).info(
-            "job_done",
-            applied=result.applied,
-            stale=result.stale,
-            status=status,
-            next_job=next_job if status == "handed_over" else None,
-            duration_ms=duration_ms,
+            latency.record(max(0.0, (committed_ms - position_ms(position)) / 1000), topic)
+        lines.append(
+            {
+                "applied": result.applied,
+                "stale": result.stale,
+                "status": status,
+                "next_job": next_job if status == "handed_over" else None,
+                "duration_ms": duration_ms,
+                # What _bound() binds, for the batch of lines.
+                "job_id": job_id,
+                "job_try": job_try,
+                "topic": run.record.topic,
+                "record_id": run.record.record_id,
+                **run.ids,
+            }
         )
+    log_lines(log, "info", "job_done", lines)
 
 
 def _bound(bound: Any, run: _RecordRun) -> Any:
-    return bound.bind(topic=run.record.topic, record_id=run.record.record_id, **span_ids(run.span))
+    return bound.bind(topic=run.record.topic, record_id=run.record.record_id, **run.ids)
 
 
 async def _throttle(

@@ -8,11 +8,13 @@ whose fencing token is below the row's (:class:`~amt_ingest.errors.FencedError`)
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import bindparam, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
@@ -46,6 +48,23 @@ class ApplyItem:
     fence: int = 0
 
 
+def _json_text(value: Any) -> str:
+    """JSON columns' text: orjson (several times faster than the json module), and
+    the json module for what orjson refuses (integers past 64 bits, non-string keys)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
+def _json_value(text: str | bytes) -> Any:
+    """The value of a JSON column's text (the json module for what orjson refuses)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 class Store:
     """The database behind one engine. Create with :meth:`open`, close with :meth:`close`."""
 
@@ -65,7 +84,9 @@ class Store:
             kwargs.update(pool_size=1, max_overflow=0, connect_args={"timeout": 30})
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
-        engine = create_async_engine(url, **kwargs)
+        engine = create_async_engine(
+            url, json_serializer=_json_text, json_deserializer=_json_value, **kwargs
+        )
         if parsed.get_backend_name() == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return cls(engine)

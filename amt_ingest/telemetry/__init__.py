@@ -23,7 +23,13 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.metrics import Meter, NoOpMeter
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import (
+    AlwaysOffExemplarFilter,
+    AlwaysOnExemplarFilter,
+    ExemplarFilter,
+    MeterProvider,
+    TraceBasedExemplarFilter,
+)
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -32,12 +38,21 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ..config import Settings
-from .eventspans import EventSpans, SdkEventSpans, event_spans
+from .eventspans import (
+    ApplySpans,
+    EventSpans,
+    NoEventSpans,
+    SdkApplySpans,
+    SdkEventSpans,
+    apply_spans,
+    event_spans,
+)
 from .logs import configure_logging, redact
 from .metrics import Gauges, Metrics
 from .tracing import EventTraceIds, make_sampler
 
 __all__ = [
+    "ApplySpans",
     "EventSpans",
     "Gauges",
     "Metrics",
@@ -48,6 +63,13 @@ __all__ = [
 ]
 
 SCOPE = "amt_ingest"
+#: ``OTEL_METRICS_EXEMPLAR_FILTER``: the SDK's filters by name (the service defaults
+#: to always_off: exemplars cost a third of each histogram measurement).
+EXEMPLAR_FILTERS: dict[str, type[ExemplarFilter]] = {
+    "always_off": AlwaysOffExemplarFilter,
+    "always_on": AlwaysOnExemplarFilter,
+    "trace_based": TraceBasedExemplarFilter,
+}
 
 
 def _version() -> str:
@@ -69,20 +91,29 @@ class Telemetry:
     exports: list[str] = field(default_factory=list)
     #: Records the ``process`` span of each arrival (:mod:`.eventspans`).
     event_spans: EventSpans | None = None
+    #: Records the ``apply`` span of each record a job run applies.
+    apply_spans: ApplySpans | None = None
 
     def __post_init__(self) -> None:
         if self.event_spans is None:
             self.event_spans = SdkEventSpans(self.tracer)
+        if self.apply_spans is None:
+            self.apply_spans = SdkApplySpans(self.tracer)
 
     @property
     def spans(self) -> EventSpans:
         assert self.event_spans is not None  # set in __post_init__
         return self.event_spans
 
+    @property
+    def applies(self) -> ApplySpans:
+        assert self.apply_spans is not None  # set in __post_init__
+        return self.apply_spans
+
     @classmethod
     def off(cls) -> Telemetry:
         """Records nothing (``OTEL_SDK_DISABLED=true``, and tests that do not look)."""
-        return cls(tracer=trace.NoOpTracer(), metrics=Metrics())
+        return cls(tracer=trace.NoOpTracer(), metrics=Metrics(), event_spans=NoEventSpans())
 
     @property
     def tracing(self) -> bool:
@@ -177,9 +208,17 @@ def setup_telemetry(
 
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
         exports.append("otlp:metrics")
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    meter_provider = MeterProvider(
+        resource=resource,
+        metric_readers=readers,
+        exemplar_filter=EXEMPLAR_FILTERS[settings.otel_metrics_exemplar_filter](),
+    )
     gauges = Gauges()
     tracer = tracer_provider.get_tracer(SCOPE, _version())
+    # The tracer's own scope: the SDK's spans and the pre-encoded ones group together.
+    scope = getattr(tracer, "_instrumentation_scope", None) or InstrumentationScope(
+        SCOPE, _version()
+    )
     return Telemetry(
         tracer=tracer,
         metrics=Metrics(meter_provider.get_meter(SCOPE, _version()), gauges),
@@ -188,12 +227,9 @@ def setup_telemetry(
         registry=registry,
         exports=exports,
         event_spans=event_spans(
-            tracer,
-            tracer_provider,
-            otlp,
-            # The tracer's own scope: the SDK's spans and these group together.
-            getattr(tracer, "_instrumentation_scope", None)
-            or InstrumentationScope(SCOPE, _version()),
-            only_processor=not span_processors,
+            tracer, tracer_provider, otlp, scope, only_processor=not span_processors
+        ),
+        apply_spans=apply_spans(
+            tracer, tracer_provider, otlp, scope, only_processor=not span_processors
         ),
     )

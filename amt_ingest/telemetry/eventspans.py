@@ -18,7 +18,8 @@ Two recorders with one face, chosen by :func:`event_spans`:
   are. Batching, queue limits, flushing and shutdown stay the SDK's. The bytes
   decode to the same span the SDK path records (``tests/unit/test_eventspans.py``).
 - :class:`SdkEventSpans` otherwise (other span processors, an exporter of an
-  SDK release this module does not know, telemetry off): the SDK's spans.
+  SDK release this module does not know): the SDK's spans;
+- :class:`NoEventSpans` when telemetry is off.
 
 Nothing is lost to the operator: same spans, same attributes, same links, same
 sampling (the configured sampler decides on each trace id, as it would for a
@@ -39,7 +40,16 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, StaticSampler
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 
 from .otlp import (
     PreEncodedSpan,
@@ -61,9 +71,14 @@ from .tracing import (
 )
 
 __all__ = [
+    "ApplySpans",
+    "DirectApplySpans",
     "DirectEventSpans",
     "EventSpans",
+    "NoEventSpans",
+    "SdkApplySpans",
     "SdkEventSpans",
+    "apply_spans",
     "event_spans",
 ]
 
@@ -107,6 +122,40 @@ class EventSpans(Protocol):
     ) -> None:
         """End it with its outcome (and, for a duplicate, the link to the first
         arrival); ``error`` marks it failed (``outcome`` "" leaves it out)."""
+
+
+class NoEventSpans:
+    """Records nothing (telemetry off)."""
+
+    def open(
+        self,
+        batch: SpanContext,
+        path: str,
+        topic: str,
+        event_id: str,
+        record_id: str,
+        record_count: int,
+        change_type: str,
+    ) -> None:
+        return None
+
+    def context(self, span: None) -> str:
+        return ""
+
+    def ids(self, span: None) -> dict[str, str]:
+        return {}
+
+    def close(
+        self,
+        span: None,
+        outcome: str,
+        *,
+        first_path: str = "",
+        first_arrival: SpanContext | None = None,
+        lag_s: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        return None
 
 
 def _span_name(topic: str) -> str:
@@ -406,6 +455,33 @@ def _random_span_id() -> int:
     return random.getrandbits(64) or 1
 
 
+def apply_spans(
+    tracer: trace.Tracer,
+    provider: TracerProvider | None,
+    processor: BatchSpanProcessor | None,
+    scope: InstrumentationScope,
+    *,
+    only_processor: bool,
+) -> ApplySpans:
+    """As :func:`event_spans`, for the apply spans of the records a job runs on."""
+    if provider is not None and _direct(processor, only_processor):
+        assert processor is not None  # checked by _direct
+        return DirectApplySpans(processor, provider.resource, scope, provider.sampler)
+    return SdkApplySpans(tracer)
+
+
+def _direct(processor: BatchSpanProcessor | None, only_processor: bool) -> bool:
+    """The OTLP batch processor is the provider's only one, and its exporter
+    writes pre-encoded spans."""
+    exporter = getattr(processor, "span_exporter", None)
+    return (
+        processor is not None
+        and only_processor
+        and isinstance(exporter, SpanExporter)
+        and exporter.direct
+    )
+
+
 def event_spans(
     tracer: trace.Tracer,
     provider: TracerProvider | None,
@@ -416,13 +492,284 @@ def event_spans(
 ) -> EventSpans:
     """The direct recorder when ``processor`` (the OTLP batch processor) is the
     provider's only one and its exporter writes pre-encoded spans; else the SDK's."""
-    exporter = getattr(processor, "span_exporter", None)
-    if (
-        provider is not None
-        and processor is not None
-        and only_processor
-        and isinstance(exporter, SpanExporter)
-        and exporter.direct
-    ):
+    if provider is not None and _direct(processor, only_processor):
+        assert processor is not None  # checked by _direct
         return DirectEventSpans(processor, provider.resource, scope, provider.sampler)
     return SdkEventSpans(tracer)
+
+
+# -- the apply span of each record a job run applies ------------------------------
+
+
+class ApplySpans(Protocol):
+    """Opens the ``apply <topic>`` span of each record of a job run, closes it after."""
+
+    def open(
+        self,
+        queue: str,
+        topic: str,
+        record_id: str,
+        job_id: str,
+        job_try: int,
+        events: list[SpanContext],
+        changes: int,
+        batch: SpanContext | None,
+    ) -> Any:
+        """A span in the trace of ``events[0]`` (the first event it applies), linking
+        every event and the run's ``apply batch`` span (``batch``)."""
+
+    def span(self, span: Any) -> trace.Span:
+        """What to make current while it runs (its children's parent)."""
+
+    def ids(self, span: Any) -> dict[str, str]:
+        """``trace_id``/``span_id`` for its log lines ({} when there are none)."""
+
+    def close(self, span: Any, outcome: str, error: str | None) -> None:
+        """End it with the job's outcome for the record; ``error`` marks it failed."""
+
+
+_COALESCED: Final = {"amt.link": "coalesced_event"}
+_JOB_RUN: Final = {"amt.link": "job_run"}
+_FLAGS_REMOTE_PARENT: Final = b"\x85\x01" + struct.pack("<I", 0x300)
+
+
+def _apply_attributes(
+    queue: str, job_id: str, topic: str, record_id: str, job_try: int, events: int, changes: int
+) -> dict[str, Any]:
+    return {
+        "messaging.system": "arq",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": queue,
+        "messaging.message.id": job_id,
+        "amt.topic": topic,
+        "amt.record_id": record_id,
+        "amt.job_try": job_try,
+        "amt.events": events,
+        "amt.changes": changes,
+    }
+
+
+class SdkApplySpans:
+    """The SDK's spans."""
+
+    def __init__(self, tracer: trace.Tracer):
+        self.tracer = tracer
+
+    def open(
+        self,
+        queue: str,
+        topic: str,
+        record_id: str,
+        job_id: str,
+        job_try: int,
+        events: list[SpanContext],
+        changes: int,
+        batch: SpanContext | None,
+    ) -> Span:
+        parent = trace.set_span_in_context(NonRecordingSpan(events[0])) if events else ROOT
+        links = [Link(event, _COALESCED) for event in events]
+        if batch is not None:
+            links.append(Link(batch, _JOB_RUN))
+        return self.tracer.start_span(
+            f"apply {topic}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes=_apply_attributes(
+                queue, job_id, topic, record_id, job_try, len(events), changes
+            ),
+        )
+
+    def span(self, span: Span) -> trace.Span:
+        return span
+
+    def ids(self, span: Span) -> dict[str, str]:
+        context = span.get_span_context()
+        if not context.is_valid:
+            return {}
+        return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
+
+    def close(self, span: Span, outcome: str, error: str | None) -> None:
+        span.set_attribute("amt.job_outcome", outcome)
+        if error is not None:
+            span.set_status(StatusCode.ERROR, error)
+        span.end()
+
+
+class _OpenApply:
+    __slots__ = ("attributes", "context", "head", "links", "parent_remote")
+
+    def __init__(
+        self,
+        context: SpanContext,
+        head: bytes = b"",
+        attributes: bytes = b"",
+        links: bytes = b"",
+        parent_remote: bool = False,
+    ):
+        self.context = context
+        #: The fields from the trace id to the start time (b"": not sampled).
+        self.head = head
+        self.attributes = attributes
+        self.links = links
+        self.parent_remote = parent_remote
+
+
+def _parent_decision(sampler: Sampler, parent: SpanContext | None) -> bool | None:
+    """The decision for a span with this (remote) parent, when the sampler takes
+    one without looking at the trace id; None when it must be asked."""
+    while True:
+        if isinstance(sampler, LibraryCallsInsideOurSpans):
+            sampler = sampler.delegate
+        elif isinstance(sampler, ParentBased):
+            if parent is None:
+                sampler = sampler._root
+            elif parent.trace_flags.sampled:
+                sampler = sampler._remote_parent_sampled
+            else:
+                sampler = sampler._remote_parent_not_sampled
+            parent = None  # the chosen sampler decides as for a root
+        elif isinstance(sampler, StaticSampler):
+            return sampler._decision in _SAMPLED
+        else:
+            return None
+
+
+class DirectApplySpans:
+    """Apply spans written as OTLP bytes as they end (see :class:`DirectEventSpans`)."""
+
+    def __init__(
+        self,
+        processor: BatchSpanProcessor,
+        resource: Resource,
+        scope: InstrumentationScope,
+        sampler: Sampler,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        span_ids: Callable[[], int] | None = None,
+    ):
+        self.processor = processor
+        self.resource = resource
+        self.scope = scope
+        self.sampler = sampler
+        self.clock = clock
+        self._span_id = span_ids or _random_span_id
+        self._sampled = SpanContext(1, 1, is_remote=False, trace_flags=TraceFlags(1))
+        self._heads: dict[str, bytes] = {}
+        self._queues: dict[str, bytes] = {}
+        self._ints: dict[tuple[str, int], bytes] = {}
+
+    def _queue_attributes(self, queue: str) -> bytes:
+        found = self._queues.get(queue)
+        if found is None:
+            found = b"".join(
+                attribute_field(key, value)
+                for key, value in (
+                    ("messaging.system", "arq"),
+                    ("messaging.operation.type", "process"),
+                    ("messaging.destination.name", queue),
+                )
+            )
+            if len(self._queues) < 16:
+                self._queues[queue] = found
+        return found
+
+    def _int(self, key: str, value: int) -> bytes:
+        found = self._ints.get((key, value))
+        if found is None:
+            found = attribute_field(key, value)
+            if len(self._ints) < 4096:
+                self._ints[(key, value)] = found
+        return found
+
+    def _decide(self, trace_id: int, parent: SpanContext | None, name: str) -> bool:
+        decided = _parent_decision(self.sampler, parent)
+        if decided is not None:
+            return decided
+        context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent else None
+        result = self.sampler.should_sample(context, trace_id, name, SpanKind.CONSUMER)
+        return result.decision in _SAMPLED
+
+    def _head(self, topic: str) -> bytes:
+        found = self._heads.get(topic)
+        if found is None:
+            found = head_field(f"apply {topic}", SpanKind.CONSUMER.value)
+            if len(self._heads) < 64:
+                self._heads[topic] = found
+        return found
+
+    def open(
+        self,
+        queue: str,
+        topic: str,
+        record_id: str,
+        job_id: str,
+        job_try: int,
+        events: list[SpanContext],
+        changes: int,
+        batch: SpanContext | None,
+    ) -> _OpenApply:
+        parent = events[0] if events else None
+        trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
+        span_id = self._span_id()
+        sampled = self._decide(trace_id, parent, f"apply {topic}")
+        context = SpanContext(
+            trace_id, span_id, is_remote=False, trace_flags=TraceFlags(1 if sampled else 0)
+        )
+        if not sampled:
+            return _OpenApply(context)
+        parts = [
+            b"\x0a\x10" + trace_id.to_bytes(16, "big"),
+            b"\x12\x08" + span_id.to_bytes(8, "big"),
+        ]
+        if parent is not None:
+            parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
+        parts.append(self._head(topic))
+        parts.append(b"\x39" + _pack_fixed64(self.clock()))
+        # The attributes of _apply_attributes(), in its order, the constant ones cached.
+        attributes = b"".join(
+            (
+                self._queue_attributes(queue),
+                string_attribute_field("messaging.message.id", job_id),
+                string_attribute_field("amt.topic", topic),
+                string_attribute_field("amt.record_id", record_id),
+                self._int("amt.job_try", job_try),
+                self._int("amt.events", len(events)),
+                self._int("amt.changes", changes),
+            )
+        )
+        links = [link_field(Link(event, _COALESCED)) for event in events]
+        if batch is not None:
+            links.append(link_field(Link(batch, _JOB_RUN)))
+        return _OpenApply(
+            context,
+            b"".join(parts),
+            attributes,
+            b"".join(links),
+            parent is not None and parent.is_remote,
+        )
+
+    def span(self, span: _OpenApply) -> trace.Span:
+        return NonRecordingSpan(span.context)
+
+    def ids(self, span: _OpenApply) -> dict[str, str]:
+        context = span.context
+        return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
+
+    def close(self, span: _OpenApply, outcome: str, error: str | None) -> None:
+        if not span.head:
+            return
+        encoded = spans_field(
+            b"".join(
+                (
+                    span.head,
+                    b"\x41" + _pack_fixed64(self.clock()),
+                    span.attributes,
+                    attribute_field("amt.job_outcome", outcome),
+                    span.links,
+                    status_field(StatusCode.ERROR, error) if error is not None else _EMPTY_STATUS,
+                    _FLAGS_REMOTE_PARENT if span.parent_remote else _FLAGS_LOCAL,
+                )
+            )
+        )
+        self.processor.on_end(PreEncodedSpan(encoded, self._sampled, self.resource, self.scope))

@@ -20,7 +20,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanContext, TraceFlags
 
-from amt_ingest.telemetry.eventspans import DirectEventSpans, SdkEventSpans, event_spans
+from amt_ingest.telemetry.eventspans import (
+    DirectApplySpans,
+    DirectEventSpans,
+    SdkApplySpans,
+    SdkEventSpans,
+    event_spans,
+)
 from amt_ingest.telemetry.otlp import PreEncodedSpan, encode_spans
 from amt_ingest.telemetry.tracing import EventTraceIds, event_trace_id, make_sampler
 
@@ -268,3 +274,88 @@ def test_the_direct_recorder_is_chosen_only_for_the_otlp_exporter_alone() -> Non
         other.shutdown()
     finally:
         otlp.shutdown()
+
+
+def apply_recorders(sampler: str = "parentbased_always_on") -> tuple[Any, Any, Any, Any]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(
+        resource=RESOURCE, sampler=make_sampler(sampler, None), id_generator=EventTraceIds()
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("amt_ingest", "1.0")
+    collect = Collect()
+    direct = DirectApplySpans(
+        collect,  # type: ignore[arg-type]
+        RESOURCE,
+        tracer._instrumentation_scope,  # type: ignore[attr-defined]
+        provider.sampler,
+    )
+    return SdkApplySpans(tracer), exporter, direct, collect
+
+
+EVENT_A = SpanContext(0xA1, 0xA2, is_remote=True, trace_flags=TraceFlags(1))
+EVENT_B = SpanContext(0xB1, 0xB2, is_remote=True, trace_flags=TraceFlags(1))
+RUN = SpanContext(0xC1, 0xC2, is_remote=False, trace_flags=TraceFlags(1))
+APPLIES: list[tuple[list[SpanContext], SpanContext | None, str, str | None]] = [
+    (
+        [EVENT_A, EVENT_B],
+        RUN,
+        "applied",
+        None,
+    ),  # in the first event's trace, links both and the run
+    ([EVENT_A], None, "applied", None),  # a run of one record
+    ([], RUN, "dead_lettered", "403 from Salesforce"),  # no event context: a root span
+]
+
+
+def record_applies(spans: Any) -> list[dict[str, str]]:
+    ids = []
+    for events, batch, outcome, error in APPLIES:
+        span = spans.open(
+            "arq:queue", "Opportunity", "006Dn00000ABCDE", "job-1", 2, events, 3, batch
+        )
+        ids.append(spans.ids(span))
+        spans.close(span, outcome, error)
+    return ids
+
+
+def test_the_direct_apply_spans_decode_to_the_sdk_spans() -> None:
+    sdk, exporter, direct, collect = apply_recorders()
+    sdk_ids = record_applies(sdk)
+    direct_ids = record_applies(direct)
+    sdk_decoded = decoded(list(exporter.get_finished_spans()))
+    direct_decoded = decoded(collect.spans)
+    # The root span's trace id is random on both sides; the others are the event's.
+    for one in (sdk_decoded, direct_decoded):
+        assert one[0]["trace_id"] == one[1]["trace_id"] == f"{0xA1:032x}"
+        assert one[0]["parent"] == f"{0xA2:016x}" and one[2]["parent"] == ""
+        one[2]["trace_id"] = "random"
+    assert direct_decoded == sdk_decoded
+    for ids in (sdk_ids, direct_ids):
+        assert ids[0]["trace_id"] == ids[1]["trace_id"] == f"{0xA1:032x}"
+
+
+def test_an_apply_span_follows_its_first_events_sampling() -> None:
+    _, _, direct, collect = apply_recorders("parentbased_always_on")
+    dropped = SpanContext(0xD1, 0xD2, is_remote=True, trace_flags=TraceFlags(0))
+    span = direct.open("q", "Opportunity", "006Dn00000ABCDE", "job-1", 1, [dropped], 1, None)
+    direct.close(span, "applied", None)
+    assert not collect.spans  # the event was not sampled: neither is its apply span
+    assert not direct.span(span).get_span_context().trace_flags.sampled
+    _, _, direct, collect = apply_recorders("always_off")
+    span = direct.open("q", "Opportunity", "006Dn00000ABCDE", "job-1", 1, [EVENT_A], 1, None)
+    direct.close(span, "applied", None)
+    assert not collect.spans
+
+
+def test_children_of_a_direct_apply_span_name_it_as_parent() -> None:
+    from opentelemetry import trace
+
+    _, _, direct, collect = apply_recorders()
+    span = direct.open("q", "Opportunity", "006Dn00000ABCDE", "job-1", 1, [EVENT_A], 1, None)
+    with trace.use_span(direct.span(span), end_on_exit=False):
+        current = trace.get_current_span().get_span_context()
+    direct.close(span, "applied", None)
+    (exported,) = decoded(collect.spans)
+    assert f"{current.span_id:016x}" == direct.ids(span)["span_id"]
+    assert exported["trace_id"] == f"{current.trace_id:032x}" == f"{0xA1:032x}"
