@@ -499,7 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, default=Path("bench.json"))
     parser.add_argument(
-        "--profile", action="store_true", help="sample the service with py-spy during the ws, e2e and latency_ws phases"
+        "--profile",
+        action="store_true",
+        help="sample the service with py-spy during the ws, e2e and latency_ws phases",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("--workdir", type=Path, help="where logs and databases go")
