@@ -265,6 +265,9 @@ class Stack:
         has generated everything (``--events``) and written its stats."""
         ws_port, sf_port = free_port(), free_port()
         stats, truth = self.workdir / f"{name}-stats.json", self.workdir / f"{name}-truth.jsonl"
+        # A phase run again must not read the stats of its run before (they mark completion).
+        stats.unlink(missing_ok=True)
+        truth.unlink(missing_ok=True)
         proc = self.spawn(
             name,
             [
