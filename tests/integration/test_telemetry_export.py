@@ -264,6 +264,26 @@ async def test_otlp_export_metrics_scrape_and_no_secrets(aws_env, redis_url, tmp
         if s.name.startswith("process ")  # type: ignore[attr-defined]
     )
     assert outcomes["first"] == EVENTS and outcomes["duplicate"] >= EVENTS
+    # Every duplicate links to its event's first arrival, a span that was exported.
+    process = [s for _, s in spans if s.name.startswith("process ")]  # type: ignore[attr-defined]
+    firsts = {
+        (s.trace_id, s.span_id)  # type: ignore[attr-defined]
+        for s in process
+        if _attrs(s)["amt.outcome"] == "first"
+    }
+    duplicates = [s for s in process if _attrs(s)["amt.outcome"] == "duplicate"]
+    linked = [
+        s
+        for s in duplicates
+        if any(
+            (link.trace_id, link.span_id) in firsts
+            and link.trace_id == s.trace_id  # type: ignore[attr-defined]
+            and {a.key: a.value.string_value for a in link.attributes}
+            == {"amt.link": "first_arrival"}
+            for link in s.links  # type: ignore[attr-defined]
+        )
+    ]
+    assert len(linked) == len(duplicates) >= EVENTS
     assert {"amt.events", "amt.path.lag", "amt.jobs", "amt.queue.depth"} <= receiver.metric_names()
 
     # Secrets: not in any log line, not in any exported byte.
