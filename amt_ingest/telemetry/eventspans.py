@@ -1,29 +1,30 @@
-"""The ``process`` span of each arrival, recorded at a few microseconds each.
+"""The spans there is one of per event or per record, recorded at a few microseconds each.
 
-Every arrival of every event gets one ``process <topic>`` span (see
-:mod:`.tracing` for its shape): it carries what an operator looks for (the
-event and record ids, the path, the outcome, the link from a duplicate to its
-first arrival) and is the parent of the job that applies the event. At
+Every arrival of every event gets one ``process <topic>`` span, and every record
+a job run applies one ``apply <topic>`` span (see :mod:`.tracing` for their
+shape): they carry what an operator looks for (the event and record ids, the
+path, the outcome, the link from a duplicate to its first arrival, the events a
+run applied) and the apply span is a child of the event's first arrival. At
 tens of thousands of events a second, the SDK's span machinery (a span object,
 bounded attributes, links, locks, a processor call) cost more than routing the
 event, and its encoding in the export thread as much again.
 
-Two recorders with one face, chosen by :func:`event_spans`:
+For each kind, recorders with one face (:class:`EventSpans`, :class:`ApplySpans`),
+chosen by :func:`event_spans` and :func:`apply_spans`:
 
-- :class:`DirectEventSpans` when the process exports spans only by OTLP
-  through :class:`~.otlp.SpanExporter`: it writes each span's protobuf bytes
-  itself when the span ends (the constant parts of a topic, path and change
-  type encoded once), and hands them to the SDK's batch span processor as a
-  :class:`PreEncodedSpan`, which the exporter copies into its request as they
-  are. Batching, queue limits, flushing and shutdown stay the SDK's. The bytes
-  decode to the same span the SDK path records (``tests/unit/test_eventspans.py``).
-- :class:`SdkEventSpans` otherwise (other span processors, an exporter of an
-  SDK release this module does not know): the SDK's spans;
+- direct (:class:`DirectEventSpans`, :class:`DirectApplySpans`) when the process
+  exports spans only by OTLP through :class:`~.otlp.SpanExporter`: each span's
+  protobuf bytes are written when it ends (the parts that repeat encoded once)
+  and handed to the SDK's batch span processor as a
+  :class:`~.otlp.PreEncodedSpan`, which the exporter copies into its request as
+  it is. Batching, queue limits, flushing and shutdown stay the SDK's. The bytes
+  decode to the spans the SDK path records (``tests/unit/test_eventspans.py``);
+- the SDK's spans (:class:`SdkEventSpans`, :class:`SdkApplySpans`) otherwise
+  (other span processors, an exporter of an SDK release this module does not know);
 - :class:`NoEventSpans` when telemetry is off.
 
 Nothing is lost to the operator: same spans, same attributes, same links, same
-sampling (the configured sampler decides on each trace id, as it would for a
-root span).
+sampling (the configured sampler decides as it would for the SDK's span).
 """
 
 from __future__ import annotations
