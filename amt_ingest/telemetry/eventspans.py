@@ -29,6 +29,7 @@ sampling (the configured sampler decides as it would for the SDK's span).
 
 from __future__ import annotations
 
+import functools
 import random
 import struct
 import time
@@ -53,9 +54,11 @@ from opentelemetry.trace import (
 )
 
 from .otlp import (
+    EMPTY_STATUS,
     PreEncodedSpan,
     SpanExporter,
     attribute_field,
+    flags_field,
     head_field,
     link_field,
     spans_field,
@@ -69,6 +72,7 @@ from .tracing import (
     encode_context,
     event_trace_id,
     next_trace_id,
+    span_ids,
 )
 
 __all__ = [
@@ -84,8 +88,6 @@ __all__ = [
 ]
 
 _pack_fixed64 = struct.Struct("<Q").pack
-_FLAGS_LOCAL: Final = b"\x85\x01" + struct.pack("<I", 0x100)  # is_remote known, local
-_EMPTY_STATUS: Final = b"\x7a\x00"
 _FIRST_ARRIVAL: Final = {"amt.link": "first_arrival"}
 _SAMPLED: Final = frozenset({Decision.RECORD_AND_SAMPLE})
 
@@ -207,10 +209,7 @@ class SdkEventSpans:
         return encode_context(span.get_span_context())
 
     def ids(self, span: Span) -> dict[str, str]:
-        context = span.get_span_context()
-        if not context.is_valid:
-            return {}
-        return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
+        return span_ids(span)
 
     def close(
         self,
@@ -264,19 +263,72 @@ class _Open:
         self.context = f"{trace_id:032x}{span_id:016x}01" if sampled else ""
 
 
-def _root_decision(sampler: Sampler) -> bool | None:
-    """The decision the sampler takes for every root span, when it takes one
-    decision for all (always on or off, parent-based or not); None when it
-    decides per trace id (ratio samplers)."""
-    while True:
-        if isinstance(sampler, LibraryCallsInsideOurSpans):
-            sampler = sampler.delegate
-        elif isinstance(sampler, ParentBased):
-            sampler = sampler._root  # the sampler of spans with no parent
-        elif isinstance(sampler, StaticSampler):
-            return sampler._decision in _SAMPLED
-        else:
-            return None
+# -- the parts of a direct span that repeat, encoded once (values of few kinds) --
+
+#: Only the sampled flag of a pre-encoded span's context is read.
+_SAMPLED_CONTEXT: Final = SpanContext(1, 1, is_remote=False, trace_flags=TraceFlags(1))
+
+
+def _ids(trace_id: int, span_id: int) -> dict[str, str]:
+    return {"trace_id": f"{trace_id:032x}", "span_id": f"{span_id:016x}"}
+
+
+@functools.lru_cache(maxsize=4096)
+def _constant_attribute(key: str, value: str | int) -> bytes:
+    """An attribute whose values are few (outcomes, counts, tries). Never a bool:
+    True and 1 are one key to the cache."""
+    return attribute_field(key, value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _process_head(path: str, topic: str) -> tuple[bytes, bytes]:
+    """A process span's name and kind fields, and its attributes before the event id."""
+    return (
+        head_field(_span_name(topic), SpanKind.CONSUMER.value),
+        b"".join(
+            (
+                attribute_field("messaging.system", MESSAGING_SYSTEM.get(path, path)),
+                attribute_field("messaging.operation.type", "process"),
+                attribute_field("messaging.operation.name", "process"),
+                attribute_field("messaging.destination.name", topic),
+            )
+        ),
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _process_after(path: str, topic: str, change_type: str) -> bytes:
+    """A process span's attributes after the record count."""
+    return b"".join(
+        (
+            attribute_field("amt.topic", topic),
+            attribute_field("amt.path", path),
+            attribute_field("amt.change_type", change_type),
+        )
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _receive_link(trace_id: int, span_id: int) -> bytes:
+    """The link of every process span of a batch to its (local) receive span."""
+    return link_field(Link(SpanContext(trace_id, span_id, is_remote=False)))
+
+
+@functools.lru_cache(maxsize=64)
+def _apply_head(topic: str) -> bytes:
+    return head_field(f"apply {topic}", SpanKind.CONSUMER.value)
+
+
+@functools.lru_cache(maxsize=16)
+def _queue_attributes(queue: str) -> bytes:
+    """An apply span's first attributes."""
+    return b"".join(
+        (
+            attribute_field("messaging.system", "arq"),
+            attribute_field("messaging.operation.type", "process"),
+            attribute_field("messaging.destination.name", queue),
+        )
+    )
 
 
 class DirectEventSpans:
@@ -296,87 +348,17 @@ class DirectEventSpans:
         self.resource = resource
         self.scope = scope
         self.sampler = sampler
-        self._always = _root_decision(sampler)
+        # The decision for every root span, when the sampler takes one for all.
+        self._always = _parent_decision(sampler, None)
         self.clock = clock
         self._span_id = span_ids or _random_span_id
-        # Only the sampled flag of a pre-encoded span's context is read.
-        self._sampled = SpanContext(1, 1, is_remote=False, trace_flags=TraceFlags(1))
-        # The constant parts of a span, encoded once: name and kind, and the
-        # attributes before and after the per-event ones.
-        self._heads: dict[tuple[str, str], tuple[bytes, bytes]] = {}
-        self._after: dict[tuple[str, str, str], bytes] = {}
-        self._batch_links: dict[tuple[int, int], bytes] = {}
-        self._counts: dict[int, bytes] = {}
-        self._outcomes: dict[str, bytes] = {}
+        self._sampled = _SAMPLED_CONTEXT
 
     def _sampled_for(self, trace_id: int, topic: str) -> bool:
         if self._always is not None:
             return self._always
         result = self.sampler.should_sample(None, trace_id, _span_name(topic), SpanKind.CONSUMER)
         return result.decision in _SAMPLED
-
-    def _head(self, path: str, topic: str) -> tuple[bytes, bytes]:
-        """The name and kind fields, and the attributes before the event id."""
-        key = (path, topic)
-        found = self._heads.get(key)
-        if found is None:
-            found = (
-                head_field(_span_name(topic), SpanKind.CONSUMER.value),
-                b"".join(
-                    (
-                        attribute_field("messaging.system", MESSAGING_SYSTEM.get(path, path)),
-                        attribute_field("messaging.operation.type", "process"),
-                        attribute_field("messaging.operation.name", "process"),
-                        attribute_field("messaging.destination.name", topic),
-                    )
-                ),
-            )
-            if len(self._heads) < 1024:
-                self._heads[key] = found
-        return found
-
-    def _attrs_after(self, path: str, topic: str, change_type: str) -> bytes:
-        key = (path, topic, change_type)
-        found = self._after.get(key)
-        if found is None:
-            found = b"".join(
-                (
-                    attribute_field("amt.topic", topic),
-                    attribute_field("amt.path", path),
-                    attribute_field("amt.change_type", change_type),
-                )
-            )
-            if len(self._after) < 1024:
-                self._after[key] = found
-        return found
-
-    def _count(self, count: int) -> bytes:
-        found = self._counts.get(count)
-        if found is None:
-            found = attribute_field("amt.record_count", count)
-            if len(self._counts) < 1024:
-                self._counts[count] = found
-        return found
-
-    def _outcome(self, outcome: str) -> bytes:
-        found = self._outcomes.get(outcome)
-        if found is None:
-            found = attribute_field("amt.outcome", outcome)
-            if len(self._outcomes) < 64:
-                self._outcomes[outcome] = found
-        return found
-
-    def _batch_link(self, batch: SpanContext) -> bytes:
-        if not batch.is_valid:
-            return b""
-        key = (batch.trace_id, batch.span_id)
-        found = self._batch_links.get(key)
-        if found is None:
-            if len(self._batch_links) >= 64:
-                self._batch_links.clear()
-            found = link_field(Link(batch))
-            self._batch_links[key] = found
-        return found
 
     def open(
         self,
@@ -390,7 +372,7 @@ class DirectEventSpans:
     ) -> _Open:
         trace_id = event_trace_id(event_id)
         span_id = self._span_id()
-        name_kind, before = self._head(path, topic)
+        name_kind, before = _process_head(path, topic)
         return _Open(
             trace_id,
             span_id,
@@ -406,18 +388,18 @@ class DirectEventSpans:
                     before,
                     string_attribute_field("amt.event_id", event_id),
                     string_attribute_field("amt.record_id", record_id),
-                    self._count(record_count),
-                    self._attrs_after(path, topic, change_type),
+                    _constant_attribute("amt.record_count", record_count),
+                    _process_after(path, topic, change_type),
                 )
             ),
-            self._batch_link(batch),
+            _receive_link(batch.trace_id, batch.span_id) if batch.is_valid else b"",
         )
 
     def context(self, span: _Open) -> str:
         return span.context
 
     def ids(self, span: _Open) -> dict[str, str]:
-        return {"trace_id": f"{span.trace_id:032x}", "span_id": f"{span.span_id:016x}"}
+        return _ids(span.trace_id, span.span_id)
 
     def close(
         self,
@@ -438,7 +420,7 @@ class DirectEventSpans:
             span.tail,
         ]
         if outcome:
-            parts.append(self._outcome(outcome))
+            parts.append(_constant_attribute("amt.outcome", outcome))
         if first_path:
             parts.append(string_attribute_field("amt.first_path", first_path))
         if lag_s is not None:
@@ -446,8 +428,8 @@ class DirectEventSpans:
         parts.append(span.link)
         if first_arrival is not None:
             parts.append(link_field(Link(first_arrival, _FIRST_ARRIVAL)))
-        parts.append(status_field(StatusCode.ERROR, error) if error is not None else _EMPTY_STATUS)
-        parts.append(_FLAGS_LOCAL)
+        parts.append(status_field(StatusCode.ERROR, error) if error is not None else EMPTY_STATUS)
+        parts.append(flags_field(remote_parent=False))
         encoded = spans_field(b"".join(parts))
         self.processor.on_end(PreEncodedSpan(encoded, self._sampled, self.resource, self.scope))
 
@@ -531,7 +513,6 @@ class ApplySpans(Protocol):
 
 _COALESCED: Final = {"amt.link": "coalesced_event"}
 _JOB_RUN: Final = {"amt.link": "job_run"}
-_FLAGS_REMOTE_PARENT: Final = b"\x85\x01" + struct.pack("<I", 0x300)
 
 
 def _apply_attributes(
@@ -585,10 +566,7 @@ class SdkApplySpans:
         return span
 
     def ids(self, span: Span) -> dict[str, str]:
-        context = span.get_span_context()
-        if not context.is_valid:
-            return {}
-        return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
+        return span_ids(span)
 
     def close(self, span: Span, outcome: str, error: str | None) -> None:
         span.set_attribute("amt.job_outcome", outcome)
@@ -655,33 +633,7 @@ class DirectApplySpans:
         self.sampler = sampler
         self.clock = clock
         self._span_id = span_ids or _random_span_id
-        self._sampled = SpanContext(1, 1, is_remote=False, trace_flags=TraceFlags(1))
-        self._heads: dict[str, bytes] = {}
-        self._queues: dict[str, bytes] = {}
-        self._ints: dict[tuple[str, int], bytes] = {}
-
-    def _queue_attributes(self, queue: str) -> bytes:
-        found = self._queues.get(queue)
-        if found is None:
-            found = b"".join(
-                attribute_field(key, value)
-                for key, value in (
-                    ("messaging.system", "arq"),
-                    ("messaging.operation.type", "process"),
-                    ("messaging.destination.name", queue),
-                )
-            )
-            if len(self._queues) < 16:
-                self._queues[queue] = found
-        return found
-
-    def _int(self, key: str, value: int) -> bytes:
-        found = self._ints.get((key, value))
-        if found is None:
-            found = attribute_field(key, value)
-            if len(self._ints) < 4096:
-                self._ints[(key, value)] = found
-        return found
+        self._sampled = _SAMPLED_CONTEXT
 
     def _decide(self, trace_id: int, parent: SpanContext | None, name: str) -> bool:
         decided = _parent_decision(self.sampler, parent)
@@ -690,14 +642,6 @@ class DirectApplySpans:
         context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent else None
         result = self.sampler.should_sample(context, trace_id, name, SpanKind.CONSUMER)
         return result.decision in _SAMPLED
-
-    def _head(self, topic: str) -> bytes:
-        found = self._heads.get(topic)
-        if found is None:
-            found = head_field(f"apply {topic}", SpanKind.CONSUMER.value)
-            if len(self._heads) < 64:
-                self._heads[topic] = found
-        return found
 
     def open(
         self,
@@ -725,18 +669,18 @@ class DirectApplySpans:
         ]
         if parent is not None:
             parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-        parts.append(self._head(topic))
+        parts.append(_apply_head(topic))
         parts.append(b"\x39" + _pack_fixed64(self.clock()))
         # The attributes of _apply_attributes(), in its order, the constant ones cached.
         attributes = b"".join(
             (
-                self._queue_attributes(queue),
+                _queue_attributes(queue),
                 string_attribute_field("messaging.message.id", job_id),
                 string_attribute_field("amt.topic", topic),
                 string_attribute_field("amt.record_id", record_id),
-                self._int("amt.job_try", job_try),
-                self._int("amt.events", len(events)),
-                self._int("amt.changes", changes),
+                _constant_attribute("amt.job_try", job_try),
+                _constant_attribute("amt.events", len(events)),
+                _constant_attribute("amt.changes", changes),
             )
         )
         links = [link_field(Link(event, _COALESCED)) for event in events]
@@ -754,8 +698,7 @@ class DirectApplySpans:
         return NonRecordingSpan(span.context)
 
     def ids(self, span: _OpenApply) -> dict[str, str]:
-        context = span.context
-        return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}
+        return _ids(span.context.trace_id, span.context.span_id)
 
     def close(self, span: _OpenApply, outcome: str, error: str | None) -> None:
         if not span.head:
@@ -768,8 +711,8 @@ class DirectApplySpans:
                     span.attributes,
                     attribute_field("amt.job_outcome", outcome),
                     span.links,
-                    status_field(StatusCode.ERROR, error) if error is not None else _EMPTY_STATUS,
-                    _FLAGS_REMOTE_PARENT if span.parent_remote else _FLAGS_LOCAL,
+                    status_field(StatusCode.ERROR, error) if error is not None else EMPTY_STATUS,
+                    flags_field(remote_parent=span.parent_remote),
                 )
             )
         )

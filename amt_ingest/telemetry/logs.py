@@ -195,6 +195,8 @@ class _LineOutput:
 _output: _LineOutput | None = None
 #: The level configured last (lines below it are dropped).
 _level = logging.INFO
+#: structlog's method names and their levels (getLevelNamesMapping copies a dict per call).
+_LEVELS = {name.lower(): number for name, number in logging.getLevelNamesMapping().items()}
 
 
 def batched_lines() -> contextlib.AbstractContextManager[None]:
@@ -216,7 +218,7 @@ def log_lines(logger: Any, level: str, event: str, lines: list[dict[str, Any]]) 
     if not lines:
         return
     output = _output
-    if output is None or logging.getLevelNamesMapping()[level.upper()] < _level:
+    if output is None or _LEVELS[level] < _level:
         method = getattr(logger, level)
         for line in lines:
             method(event, **line)

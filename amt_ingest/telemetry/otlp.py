@@ -33,10 +33,12 @@ from opentelemetry.semconv.attributes.http_attributes import HTTP_RESPONSE_STATU
 from opentelemetry.trace import Link, SpanContext, StatusCode
 
 __all__ = [
+    "EMPTY_STATUS",
     "PreEncodedSpan",
     "SpanExporter",
     "attribute_field",
     "encode_spans",
+    "flags_field",
     "head_field",
     "link_field",
     "spans_field",
@@ -227,7 +229,8 @@ def _link_field(link: Link) -> bytes:
 # Name and kind fields, by (name, kind): a handful of span names recur.
 _HEADS: dict[tuple[str, int], bytes] = {}
 _HEADS_MAX: Final = 1024
-_EMPTY_STATUS: Final = b"\x7a\x00"
+#: An empty status field (the SDK's encoder sets it even when empty).
+EMPTY_STATUS: Final = b"\x7a\x00"
 
 
 def _head(name: str, kind: int) -> bytes:
@@ -282,8 +285,8 @@ def _span(span: ReadableSpan) -> bytes:
     if code or status.description:
         parts.append(status_field(status.status_code, status.description))
     else:
-        parts.append(_EMPTY_STATUS)  # set even when empty, as the SDK's encoder does
-    parts.append(b"\x85\x01" + _flags(parent))
+        parts.append(EMPTY_STATUS)  # set even when empty, as the SDK's encoder does
+    parts.append(flags_field(remote_parent=parent is not None and parent.is_remote))
     return b"".join(parts)
 
 
@@ -355,6 +358,11 @@ def status_field(code: StatusCode, description: str | None) -> bytes:
     if code.value:
         parts.append(b"\x18" + _varint(code.value))
     return _field(b"\x7a", b"".join(parts))
+
+
+def flags_field(*, remote_parent: bool) -> bytes:
+    """A span's flags field (16): whether its parent is remote is known, and which."""
+    return b"\x85\x01" + (_FLAGS_REMOTE if remote_parent else _FLAGS_LOCAL)
 
 
 def spans_field(span: bytes) -> bytes:
