@@ -31,7 +31,7 @@ import pytest
 import redis
 
 from tests.conftest import free_port
-from tests.e2e.test_pipeline import ORG, _env, _export, _run, _stop
+from tests.e2e.test_pipeline import ORG, _aws_env, _export, _run, _stop, _store_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -106,14 +106,7 @@ def test_a_lost_window_heals_with_no_sqs_copy(aws_env, redis_url, tmp_path: Path
     ws_port, sf_port = free_port(), free_port()
     truth_path, stats_path = tmp_path / "truth.jsonl", tmp_path / "stats.json"
     event_log = tmp_path / "events.jsonl"
-    base = _env(
-        AWS_ENDPOINT_URL=aws_env,
-        AWS_REGION="us-east-1",
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AMT_REDIS_URL=redis_url,
-        AMT_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/store.db",
-    )
+    base = _aws_env(aws_env, redis_url, _store_url("sqlite", tmp_path))
     queue_url = json.loads(_run(["bootstrap"], base))["queue_url"]
     env = {
         **base,

@@ -40,6 +40,36 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def _store_url(database: str, tmp_path: Path) -> str:
+    """The store of an e2e run: a fresh SQLite file, or the test PostgreSQL database emptied."""
+    if database == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/store.db"
+    import asyncio
+
+    from amt_ingest.store import Store, metadata
+
+    async def reset() -> None:
+        store = Store.open(POSTGRES_URL)
+        async with store.engine.begin() as conn:
+            await conn.run_sync(metadata.drop_all)
+        await store.close()
+
+    asyncio.run(reset())
+    return POSTGRES_URL
+
+
+def _aws_env(aws_env: str, redis_url: str, db_url: str) -> dict[str, str]:
+    """The environment every e2e process starts from: the moto endpoint, Redis, the store."""
+    return _env(
+        AWS_ENDPOINT_URL=aws_env,
+        AWS_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AMT_REDIS_URL=redis_url,
+        AMT_DATABASE_URL=db_url,
+    )
+
+
 def _run(args: list[str], env: dict[str, str], timeout: float = 60) -> str:
     proc = subprocess.run(
         [sys.executable, "-m", "amt_ingest", *args],
@@ -116,30 +146,10 @@ def _dlq_messages(env: dict[str, str], dlq_url: str) -> list[dict]:
     "database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
 def test_both_paths_converge_to_ground_truth(database, aws_env, redis_url, tmp_path: Path):
-    db_url = f"sqlite+aiosqlite:///{tmp_path}/store.db" if database == "sqlite" else POSTGRES_URL
-    if database == "postgres":
-        import asyncio
-
-        from amt_ingest.store import Store, metadata
-
-        async def reset() -> None:
-            store = Store.open(db_url)
-            async with store.engine.begin() as conn:
-                await conn.run_sync(metadata.drop_all)
-            await store.close()
-
-        asyncio.run(reset())
-
+    db_url = _store_url(database, tmp_path)
     ws_port, sf_port, http_port = free_port(), free_port(), free_port()
     truth_path, stats_path = tmp_path / "truth.jsonl", tmp_path / "stats.json"
-    base = _env(
-        AWS_ENDPOINT_URL=aws_env,
-        AWS_REGION="us-east-1",
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AMT_REDIS_URL=redis_url,
-        AMT_DATABASE_URL=db_url,
-    )
+    base = _aws_env(aws_env, redis_url, db_url)
     boot = json.loads(_run(["bootstrap"], base))
     queue_url, dlq_url = boot["queue_url"], boot["dlq_url"]
     service_env = {

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import POSTGRES_URL, free_port
-from tests.e2e.test_pipeline import _env, _export, _run
+from tests.conftest import free_port
+from tests.e2e.test_pipeline import _aws_env, _export, _run, _store_url
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -102,39 +102,16 @@ class Cluster:
         return codes
 
 
-def _reset_postgres() -> None:
-    import asyncio
-
-    from amt_ingest.store import Store, metadata
-
-    async def reset() -> None:
-        store = Store.open(POSTGRES_URL)
-        async with store.engine.begin() as conn:
-            await conn.run_sync(metadata.drop_all)
-        await store.close()
-
-    asyncio.run(reset())
-
-
 @pytest.mark.parametrize(
     "database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
 def test_replicas_share_the_work_and_survive_a_killed_leader(
     database, aws_env, redis_url, tmp_path: Path
 ):
-    db_url = f"sqlite+aiosqlite:///{tmp_path}/store.db" if database == "sqlite" else POSTGRES_URL
-    if database == "postgres":
-        _reset_postgres()
+    db_url = _store_url(database, tmp_path)
     ws_port, sf_port = free_port(), free_port()
     truth_path, stats_path = tmp_path / "truth.jsonl", tmp_path / "stats.json"
-    base = _env(
-        AWS_ENDPOINT_URL=aws_env,
-        AWS_REGION="us-east-1",
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AMT_REDIS_URL=redis_url,
-        AMT_DATABASE_URL=db_url,
-    )
+    base = _aws_env(aws_env, redis_url, db_url)
     queue_url = json.loads(_run(["bootstrap"], base))["queue_url"]
     env = {
         **base,

@@ -45,7 +45,11 @@ class Collect:
         self.spans.append(span)
 
 
-def recorders(sampler: str = "always_on", arg: float | None = None) -> tuple[Any, Any, Any]:
+def recorders(
+    sampler: str = "always_on", arg: float | None = None, *, kind: str = "event"
+) -> tuple[Any, Any, Any]:
+    """(SDK recorder, its in-memory exporter), (direct recorder, what it queued), the
+    tracer; ``kind`` "event" (process spans) or "apply"."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider(
         resource=RESOURCE, sampler=make_sampler(sampler, arg), id_generator=EventTraceIds()
@@ -53,13 +57,16 @@ def recorders(sampler: str = "always_on", arg: float | None = None) -> tuple[Any
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("amt_ingest", "1.0")
     collect = Collect()
-    direct = DirectEventSpans(
+    sdk_kind, direct_kind = (
+        (SdkEventSpans, DirectEventSpans) if kind == "event" else (SdkApplySpans, DirectApplySpans)
+    )
+    direct = direct_kind(
         collect,  # type: ignore[arg-type]
         RESOURCE,
         tracer._instrumentation_scope,  # type: ignore[attr-defined]
         provider.sampler,
     )
-    return (SdkEventSpans(tracer), exporter), (direct, collect), tracer
+    return (sdk_kind(tracer), exporter), (direct, collect), tracer
 
 
 def decoded(spans: list[Any]) -> list[dict[str, Any]]:
@@ -276,23 +283,6 @@ def test_the_direct_recorder_is_chosen_only_for_the_otlp_exporter_alone() -> Non
         otlp.shutdown()
 
 
-def apply_recorders(sampler: str = "parentbased_always_on") -> tuple[Any, Any, Any, Any]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(
-        resource=RESOURCE, sampler=make_sampler(sampler, None), id_generator=EventTraceIds()
-    )
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer = provider.get_tracer("amt_ingest", "1.0")
-    collect = Collect()
-    direct = DirectApplySpans(
-        collect,  # type: ignore[arg-type]
-        RESOURCE,
-        tracer._instrumentation_scope,  # type: ignore[attr-defined]
-        provider.sampler,
-    )
-    return SdkApplySpans(tracer), exporter, direct, collect
-
-
 EVENT_A = SpanContext(0xA1, 0xA2, is_remote=True, trace_flags=TraceFlags(1))
 EVENT_B = SpanContext(0xB1, 0xB2, is_remote=True, trace_flags=TraceFlags(1))
 RUN = SpanContext(0xC1, 0xC2, is_remote=False, trace_flags=TraceFlags(1))
@@ -320,7 +310,7 @@ def record_applies(spans: Any) -> list[dict[str, str]]:
 
 
 def test_the_direct_apply_spans_decode_to_the_sdk_spans() -> None:
-    sdk, exporter, direct, collect = apply_recorders()
+    (sdk, exporter), (direct, collect), _ = recorders("parentbased_always_on", kind="apply")
     sdk_ids = record_applies(sdk)
     direct_ids = record_applies(direct)
     sdk_decoded = decoded(list(exporter.get_finished_spans()))
@@ -336,13 +326,13 @@ def test_the_direct_apply_spans_decode_to_the_sdk_spans() -> None:
 
 
 def test_an_apply_span_follows_its_first_events_sampling() -> None:
-    _, _, direct, collect = apply_recorders("parentbased_always_on")
+    _, (direct, collect), _ = recorders("parentbased_always_on", kind="apply")
     dropped = SpanContext(0xD1, 0xD2, is_remote=True, trace_flags=TraceFlags(0))
     span = direct.open("q", "Opportunity", "006Dn00000ABCDE", "job-1", 1, [dropped], 1, None)
     direct.close(span, "applied", None)
     assert not collect.spans  # the event was not sampled: neither is its apply span
     assert not direct.span(span).get_span_context().trace_flags.sampled
-    _, _, direct, collect = apply_recorders("always_off")
+    _, (direct, collect), _ = recorders("always_off", kind="apply")
     span = direct.open("q", "Opportunity", "006Dn00000ABCDE", "job-1", 1, [EVENT_A], 1, None)
     direct.close(span, "applied", None)
     assert not collect.spans
@@ -351,7 +341,7 @@ def test_an_apply_span_follows_its_first_events_sampling() -> None:
 def test_children_of_a_direct_apply_span_name_it_as_parent() -> None:
     from opentelemetry import trace
 
-    _, _, direct, collect = apply_recorders()
+    _, (direct, collect), _ = recorders("parentbased_always_on", kind="apply")
     span = direct.open("q", "Opportunity", "006Dn00000ABCDE", "job-1", 1, [EVENT_A], 1, None)
     with trace.use_span(direct.span(span), end_on_exit=False):
         current = trace.get_current_span().get_span_context()
