@@ -781,3 +781,21 @@ async def test_records_that_changed_during_a_run_go_together_to_one_fresh_job(co
     rows = {r["id"]: r["fields"]["Name"] async for r in store.export()}
     assert rows == {ids[0]: "a", ids[1]: "b", ids[2]: "b"}
     assert await coord.handoff.pending_records() == 0
+
+
+async def test_a_handed_over_record_keeps_only_what_changed_during_the_run(coord, store):
+    """complete.lua drops the entries a run applied that nothing replaced meanwhile
+    (read from their one JSON argument, non-ASCII text included), and keeps the rest."""
+    await coord.handoff.ingest(
+        [make_event(100, {"Name": "Zoë", "StageName": "A", "Amount": 5})], path="ws"
+    )
+    ((job1, _),) = await queued_jobs(coord)
+    record = await claim(coord, job1)
+    assert record is not None
+    await coord.handoff.ingest([make_event(200, {"StageName": "B"})], path="ws")
+    await store.apply("Opportunity", RID, record.org_id, record.changes)
+    status, job2 = await coord.records.complete(record, job1)
+    assert status == "handed_over"
+    after = await claim(coord, job2)
+    assert after is not None
+    assert set(after.changes) == {"StageName"} and after.changes["StageName"][1] == "B"
