@@ -331,8 +331,9 @@ def _queue_attributes(queue: str) -> bytes:
     )
 
 
-class DirectEventSpans:
-    """Spans written as OTLP bytes as they end, queued in the SDK's batch processor."""
+class _DirectSpans:
+    """What both direct recorders share: where a finished span goes, the sampler,
+    the clock and the span ids (both injectable for tests)."""
 
     def __init__(
         self,
@@ -348,11 +349,20 @@ class DirectEventSpans:
         self.resource = resource
         self.scope = scope
         self.sampler = sampler
-        # The decision for every root span, when the sampler takes one for all.
-        self._always = _parent_decision(sampler, None)
         self.clock = clock
         self._span_id = span_ids or _random_span_id
-        self._sampled = _SAMPLED_CONTEXT
+        #: The decision for every root span, when the sampler takes one for all.
+        self._always = _parent_decision(sampler, None)
+
+    def _queue(self, fields: bytes) -> None:
+        """A finished span (its fields, written) into the batch processor."""
+        self.processor.on_end(
+            PreEncodedSpan(spans_field(fields), _SAMPLED_CONTEXT, self.resource, self.scope)
+        )
+
+
+class DirectEventSpans(_DirectSpans):
+    """Spans written as OTLP bytes as they end, queued in the SDK's batch processor."""
 
     def _sampled_for(self, trace_id: int, topic: str) -> bool:
         if self._always is not None:
@@ -430,8 +440,7 @@ class DirectEventSpans:
             parts.append(link_field(Link(first_arrival, _FIRST_ARRIVAL)))
         parts.append(status_field(StatusCode.ERROR, error) if error is not None else EMPTY_STATUS)
         parts.append(flags_field(remote_parent=False))
-        encoded = spans_field(b"".join(parts))
-        self.processor.on_end(PreEncodedSpan(encoded, self._sampled, self.resource, self.scope))
+        self._queue(b"".join(parts))
 
 
 def _random_span_id() -> int:
@@ -614,26 +623,8 @@ def _parent_decision(sampler: Sampler, parent: SpanContext | None) -> bool | Non
             return None
 
 
-class DirectApplySpans:
+class DirectApplySpans(_DirectSpans):
     """Apply spans written as OTLP bytes as they end (see :class:`DirectEventSpans`)."""
-
-    def __init__(
-        self,
-        processor: BatchSpanProcessor,
-        resource: Resource,
-        scope: InstrumentationScope,
-        sampler: Sampler,
-        *,
-        clock: Callable[[], int] = time.time_ns,
-        span_ids: Callable[[], int] | None = None,
-    ):
-        self.processor = processor
-        self.resource = resource
-        self.scope = scope
-        self.sampler = sampler
-        self.clock = clock
-        self._span_id = span_ids or _random_span_id
-        self._sampled = _SAMPLED_CONTEXT
 
     def _decide(self, trace_id: int, parent: SpanContext | None, name: str) -> bool:
         decided = _parent_decision(self.sampler, parent)
@@ -703,7 +694,7 @@ class DirectApplySpans:
     def close(self, span: _OpenApply, outcome: str, error: str | None) -> None:
         if not span.head:
             return
-        encoded = spans_field(
+        self._queue(
             b"".join(
                 (
                     span.head,
@@ -716,4 +707,3 @@ class DirectApplySpans:
                 )
             )
         )
-        self.processor.on_end(PreEncodedSpan(encoded, self._sampled, self.resource, self.scope))
